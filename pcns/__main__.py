@@ -1,0 +1,3 @@
+from pcns.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""The composition root: config -> vault -> queue -> targets -> workers -> HTTP app.
+
+Nothing else constructs these; tests and the CLI go through :func:`run_service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from pcns.config import Role, ServerSettings, Settings, format_validation_error
+from pcns.database import UNAVAILABLE_ERRORS, create_pool, database_url
+from pcns.delivery.worker import DeliveryWorker
+from pcns.errors import ConfigError
+from pcns.metrics import Metrics
+from pcns.queue.migrate import migrate
+from pcns.queue.store import queue_stats
+from pcns.receiver.committer import GroupCommitter
+from pcns.receiver.http import CONTEXT, ReceiverContext, add_routes, problem_middleware
+from pcns.routing import Router
+from pcns.secret_files import read_private_file, read_webhook_secret
+from targets.base import Target, load_target_types
+from vault import FileKeyring, KeyProvider
+
+log = structlog.get_logger(__name__)
+
+STATS_INTERVAL = 5.0
+COMMIT_FLUSHERS = 4
+
+
+def build_targets(settings: Settings) -> dict[str, Target]:
+    """Validate each ``[[targets]]`` table against its adapter's model and construct it."""
+    types = load_target_types()
+    built: dict[str, Target] = {}
+    for i, cfg in enumerate(settings.targets):
+        factory = types.get(cfg.type)
+        if factory is None:
+            raise ConfigError(
+                f"targets.{i}.type: unknown target type {cfg.type!r}; installed: {sorted(types)}"
+            )
+        try:
+            adapter_settings = factory.settings_model.model_validate(cfg.adapter_fields())
+        except ValidationError as exc:
+            raise ConfigError(f"targets.{i} ({cfg.name}): {format_validation_error(exc)}") from None
+        built[cfg.name] = factory(cfg.name, adapter_settings)
+    return built
+
+
+def load_keys(settings: Settings) -> KeyProvider:
+    return FileKeyring.load(settings.vault.keyring)
+
+
+def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
+    if server.tls_cert is None or server.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(server.tls_cert, server.tls_key)
+    if server.client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(server.client_ca)
+    return ctx
+
+
+@dataclass(frozen=True)
+class RunningService:
+    url: str
+    database_url: str
+    pool: asyncpg.Pool
+    metrics: Metrics
+
+
+@asynccontextmanager
+async def running_service(
+    settings: Settings, *, role: Role = "all", stop: asyncio.Event | None = None
+) -> AsyncIterator[RunningService]:
+    """Start every part the role needs; on exit stop HTTP first, then commit, then deliver."""
+    stop = stop or asyncio.Event()
+    receiver = role in ("receiver", "all")
+    keys = load_keys(settings)
+    sources = {s.id: read_webhook_secret(s.secret_file) for s in settings.sources}
+    admin_token = read_private_file(settings.admin.token_file, "admin token") if receiver else None
+    targets = build_targets(settings) if role != "receiver" else {}
+    metrics = Metrics()
+    async with AsyncExitStack() as stack:
+        for adapter in targets.values():
+            stack.push_async_callback(adapter.close)
+        url = await stack.enter_async_context(database_url(settings.database))
+        pool = await stack.enter_async_context(create_pool(url, size=settings.database.pool_size))
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        worker_task: asyncio.Task[None] | None = None
+        if role in ("worker", "all"):
+            worker = DeliveryWorker(
+                pool=pool,
+                url=url,
+                keys=keys,
+                targets=targets,
+                settings=settings.delivery,
+                metrics=metrics,
+            )
+            worker_task = asyncio.create_task(worker.run(stop), name="pcns-worker")
+            stack.push_async_callback(_await_worker, worker_task, stop)
+        committer = None
+        if receiver:
+            committer = await stack.enter_async_context(
+                GroupCommitter(
+                    pool, max_batch=settings.server.commit_batch, flushers=COMMIT_FLUSHERS
+                )
+            )
+        stats_task = asyncio.create_task(
+            _observe_queue(pool, metrics, [t.name for t in settings.targets], stop)
+        )
+        stack.push_async_callback(_cancel, stats_task)
+        app = web.Application(middlewares=[problem_middleware])
+        app[CONTEXT] = ReceiverContext(
+            pool=pool,
+            keys=keys,
+            router=Router(settings.targets),
+            sources=sources,
+            admin_token=admin_token,
+            metrics=metrics,
+            max_body_bytes=settings.server.max_body_bytes,
+            timestamp_tolerance=settings.server.timestamp_tolerance,
+            committer=committer,
+        )
+        add_routes(app, receiver=receiver)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        tls = server_ssl_context(settings.server)
+        site = web.TCPSite(
+            runner,
+            settings.server.host,
+            settings.server.port,
+            ssl_context=tls,
+            reuse_address=True,
+        )
+        await site.start()
+        scheme = "https" if tls else "http"
+        public = f"{scheme}://{settings.server.listen}"
+        log.info("service_started", listen=public, role=role, targets=sorted(targets))
+        yield RunningService(url=public, database_url=url, pool=pool, metrics=metrics)
+        stop.set()
+        log.info("service_stopping", role=role)
+
+
+async def _await_worker(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    stop.set()
+    await task
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _observe_queue(
+    pool: asyncpg.Pool, metrics: Metrics, targets: list[str], stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        try:
+            async with pool.acquire(timeout=5) as conn:
+                stats = await queue_stats(conn)
+            metrics.observe_queue(targets, stats)
+            metrics.database_up.set(1)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            metrics.database_up.set(0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=STATS_INTERVAL)
+
+
+async def run_service(
+    settings: Settings,
+    *,
+    role: Role,
+    stop: asyncio.Event,
+    on_started: Callable[[RunningService], None] | None = None,
+) -> None:
+    """Run until ``stop`` is set (SIGTERM/SIGINT in ``pcns serve``)."""
+    async with running_service(settings, role=role, stop=stop) as service:
+        if on_started is not None:
+            on_started(service)
+        await stop.wait()

@@ -1,0 +1,245 @@
+"""``pcns``: serve, db migrate, keys init, notify, status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from pcns.config import Settings, load_settings
+from pcns.errors import PcnsError
+from pcns.logging import configure_logging
+from pcns.secret_files import (
+    new_admin_token,
+    new_webhook_secret,
+    read_private_file,
+    read_webhook_secret,
+    write_private_file,
+)
+from vault import VaultError, create_keyring_file
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pcns", description="Password change notification service")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the receiver and/or delivery workers")
+    serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument("--role", choices=["all", "receiver", "worker"], default="all")
+    serve.add_argument(
+        "--init",
+        action="store_true",
+        help="first run: create the keyring, admin token and source secrets that are missing",
+    )
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    migrate = db_sub.add_parser("migrate", help="apply pending schema migrations")
+    migrate.add_argument("--config", type=Path, required=True)
+
+    keys = sub.add_parser("keys", help="encryption keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    kinit = keys_sub.add_parser("init", help="create the keyring file (mode 0600)")
+    kinit.add_argument("--config", type=Path, required=True)
+
+    notify = sub.add_parser(
+        "notify", help="sign and send one password change; the password is read from stdin"
+    )
+    notify.add_argument("--config", type=Path, help="take url and secret file from this config")
+    notify.add_argument("--url", help="receiver base URL, e.g. https://pcns.corp.example:8443")
+    notify.add_argument("--source", required=True, help="source id (pcns-source header)")
+    notify.add_argument("--secret-file", type=Path, help="the source's whsec_ secret file")
+    notify.add_argument("--ca-file", type=Path, help="CA bundle to verify the receiver")
+    notify.add_argument("--user", required=True)
+    notify.add_argument("--domain")
+    notify.add_argument("--upn")
+    notify.add_argument("--sid")
+    notify.add_argument("--changed-at", help="ISO 8601 time of the change at the source")
+    notify.add_argument("--webhook-id", help="stable id of this change (default: random)")
+
+    status = sub.add_parser("status", help="per-target delivery state of one change")
+    status.add_argument("id")
+    status.add_argument("--config", type=Path, required=True)
+    status.add_argument("--url", help="receiver base URL (default: from the config)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(level=args.log_level)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "db":
+            return asyncio.run(_migrate(load_settings(args.config)))
+        if args.command == "keys":
+            return _keys_init(load_settings(args.config))
+        if args.command == "notify":
+            return asyncio.run(_notify(args))
+        if args.command == "status":
+            return asyncio.run(_status(args))
+    except (PcnsError, VaultError) as exc:
+        print(f"pcns: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+def _keys_init(settings: Settings) -> int:
+    key_id = create_keyring_file(settings.vault.keyring)
+    print(f"created keyring {settings.vault.keyring} with primary key {key_id}")
+    return EXIT_OK
+
+
+def _init_files(settings: Settings) -> None:
+    """Create whichever of the keyring, admin token and source secrets does not exist yet."""
+    if not settings.vault.keyring.exists():
+        _keys_init(settings)
+    if write_private_file(settings.admin.token_file, new_admin_token()):
+        print(f"created admin token {settings.admin.token_file}")
+    for source in settings.sources:
+        if write_private_file(source.secret_file, new_webhook_secret()):
+            print(f"created secret for source {source.id!r} in {source.secret_file}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pcns.app import RunningService, run_service
+
+    settings = load_settings(args.config)
+    if args.init:
+        _init_files(settings)
+
+    def started(service: RunningService) -> None:
+        if not args.init or not settings.sources:
+            return
+        source = settings.sources[0]
+        target = next((t for t in settings.targets if t.type == "htpasswd"), None)
+        print(
+            f"\npcns is running at {service.url} (role {args.role}); stop it with Ctrl-C.\n"
+            "Send a test change from another shell:\n"
+            f"  echo -n 'N3w-Passw0rd!' | .venv/bin/pcns notify --config {args.config}"
+            f" --source {source.id} --user alice\n",
+            flush=True,
+        )
+        if target is not None:
+            path = target.adapter_fields().get("path")
+            print(
+                f"then check it at the target:\n  htpasswd -vb {path} alice 'N3w-Passw0rd!'\n",
+                flush=True,
+            )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_service(settings, role=args.role, stop=stop, on_started=started)
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+async def _migrate(settings: Settings) -> int:
+    from pcns.database import connect, database_url
+    from pcns.queue.migrate import migrate
+
+    async with database_url(settings.database) as url:
+        conn = await connect(url)
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return EXIT_OK
+
+
+def _receiver_url(settings: Settings) -> str:
+    scheme = "https" if settings.server.tls_cert else "http"
+    host = settings.server.host
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard listen is reached via loopback
+        host = "127.0.0.1"
+    return f"{scheme}://{host}:{settings.server.port}"
+
+
+def _ssl_context(ca_file: Path | None) -> Any:
+    if ca_file is None:
+        return None
+    import ssl
+
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+async def _notify(args: argparse.Namespace) -> int:
+    from pcns.notify import NotifyFailed, Sender
+
+    settings = load_settings(args.config) if args.config else None
+    url = args.url or (_receiver_url(settings) if settings else None)
+    secret_file = args.secret_file
+    if secret_file is None and settings is not None:
+        match = next((s for s in settings.sources if s.id == args.source), None)
+        secret_file = match.secret_file if match else None
+    if url is None or secret_file is None:
+        print("pcns notify: give --config, or --url and --secret-file", file=sys.stderr)
+        return EXIT_USAGE
+    if sys.stdin.isatty():
+        print("pcns notify: type the new password, then Ctrl-D", file=sys.stderr)
+    password = sys.stdin.read().removesuffix("\n")
+    if not password:
+        print("pcns notify: no password on stdin", file=sys.stderr)
+        return EXIT_USAGE
+    change: dict[str, Any] = {"user": args.user, "password": password}
+    for field in ("domain", "upn", "sid"):
+        if getattr(args, field):
+            change[field] = getattr(args, field)
+    if args.changed_at:
+        try:
+            datetime.fromisoformat(args.changed_at)
+        except ValueError:
+            print("pcns notify: --changed-at is not an ISO 8601 time", file=sys.stderr)
+            return EXIT_USAGE
+        change["changed_at"] = args.changed_at
+    sender = Sender(
+        url=url,
+        source=args.source,
+        secret=read_webhook_secret(secret_file),
+        ssl_context=_ssl_context(args.ca_file),
+    )
+    try:
+        result = await sender.send(change, webhook_id=args.webhook_id)
+    except NotifyFailed as exc:
+        print(f"pcns notify: not accepted: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    finally:
+        del password, change
+    print(json.dumps(result.body, indent=2))
+    return EXIT_OK if result.accepted else EXIT_REJECTED
+
+
+async def _status(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    token = read_private_file(settings.admin.token_file, "admin token")
+    url = (args.url or _receiver_url(settings)).rstrip("/") + f"/v1/password-changes/{args.id}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp,
+        ):
+            body = await resp.text()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"pcns status: cannot reach {url}: {type(exc).__name__}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        print(json.dumps(json.loads(body), indent=2))
+    except json.JSONDecodeError:
+        print(body)
+    return EXIT_OK if status == 200 else EXIT_REJECTED

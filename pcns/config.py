@@ -1,0 +1,248 @@
+"""The service configuration: one TOML file, ``PCNS_`` environment overrides, validated once.
+
+Environment variables override the file: ``PCNS_SERVER__LISTEN=0.0.0.0:8443``,
+``PCNS_DATABASE__URL=postgresql://...``, ``PCNS_DELIVERY__WORKERS=16`` (``__`` separates the
+table from the key; list-valued tables such as ``targets`` take JSON).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pcns.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+ACCOUNT_FIELDS = frozenset({"user", "domain", "upn"})
+ROUTING_FIELDS = frozenset({"name", "type", "account", "include", "exclude"})
+
+
+def parse_duration(value: Any) -> float:
+    """``"2s"``, ``"15m"``, ``"72h"``, ``"500ms"`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '2s', '15m' or '72h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("expected a duration such as '2s', '15m' or '72h'")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    listen: str = "127.0.0.1:8080"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    max_body_bytes: int = Field(default=16 * 1024, gt=0, le=1024 * 1024)
+    timestamp_tolerance: Duration = 300.0
+    commit_batch: int = Field(default=256, gt=0, le=4096)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("expected HOST:PORT, for example 127.0.0.1:8080")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_cert is None and not _is_loopback(self.host):
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address: "
+                "tls_cert and tls_key are required"
+            )
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("client_ca (mTLS) needs tls_cert and tls_key")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr = SecretStr("")
+    data_dir: Path = Path("pcns-data")
+    pool_size: int = Field(default=10, ge=2, le=200)
+
+
+class VaultSettings(_Section):
+    keyring: Path = Path("pcns-data/keyring.json")
+
+
+class AdminSettings(_Section):
+    token_file: Path = Path("pcns-data/admin.token")
+
+
+class DeliverySettings(_Section):
+    workers: int = Field(default=8, ge=1, le=1024)
+    max_attempts: int = Field(default=12, ge=1, le=1000)
+    backoff_initial: Duration = 2.0
+    backoff_max: Duration = 900.0
+    max_age: Duration = 72 * 3600.0
+    lease: Duration = 60.0
+    attempt_timeout: Duration = 25.0
+    shutdown_grace: Duration = 10.0
+    poll_interval: Duration = 1.0
+    claim_batch: int = Field(default=64, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeliverySettings:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must not be shorter than backoff_initial")
+        if self.attempt_timeout * 2 > self.lease:
+            # A live worker must always finish (or time out) well inside its lease, or the
+            # reaper could hand the row to another worker while the first is still writing.
+            raise ValueError("attempt_timeout must be at most half of lease")
+        return self
+
+
+class SourceSettings(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    secret_file: Path
+
+
+class TargetConfig(BaseModel):
+    """Routing fields common to every target; the rest goes to the adapter's own settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    type: str
+    account: str = "{user}"
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("account")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"malformed template: {exc}") from None
+        for _, field, spec, conversion in parsed:
+            if field is None:
+                continue
+            if field not in ACCOUNT_FIELDS or spec or conversion:
+                raise ValueError(
+                    f"template field {{{field}}} is not allowed; use {{user}}, {{domain}}, {{upn}}"
+                )
+        return value
+
+    def adapter_fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PCNS_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    vault: VaultSettings = VaultSettings()
+    admin: AdminSettings = AdminSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    sources: tuple[SourceSettings, ...] = ()
+    targets: tuple[TargetConfig, ...] = ()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, which arrives as init arguments.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        for kind, names in (
+            ("sources", [s.id for s in self.sources]),
+            ("targets", [t.name for t in self.targets]),
+        ):
+            seen = {n for n in names if names.count(n) > 1}
+            if seen:
+                raise ValueError(f"{kind}: duplicate names {sorted(seen)}")
+        return self
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the key, never echoing the value."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read, merge with the environment, and validate; :class:`ConfigError` names the key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"config {path or '(environment)'}: {format_validation_error(exc)}"
+        ) from None
+
+
+Role = Literal["receiver", "worker", "all"]

@@ -1,0 +1,108 @@
+"""The PostgreSQL the service runs on: an external server, or an embedded one under ``data_dir``.
+
+Both paths end in the same asyncpg pool; the embedded server (``pgserver``) listens on a unix
+socket only and is stopped when the service exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from pcns.config import DatabaseSettings
+from pcns.errors import DatabaseUnavailable
+
+log = structlog.get_logger(__name__)
+
+# What "the database is unreachable right now" looks like from asyncpg; anything else is a bug.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionFailureError,
+)
+
+
+@asynccontextmanager
+async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
+    """Start a private PostgreSQL under ``data_dir/postgres`` (initdb on first use)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pgserver
+
+    pgdata = (data_dir / "postgres").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    get_server: Any = pgserver.get_server  # type: ignore[attr-defined]
+    server: Any = await asyncio.to_thread(get_server, pgdata, cleanup_mode="stop")
+    url: str = server.get_uri()
+    log.info("embedded_postgres_started", data_dir=str(pgdata))
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(server.cleanup)
+        log.info("embedded_postgres_stopped")
+
+
+@asynccontextmanager
+async def database_url(settings: DatabaseSettings) -> AsyncIterator[str]:
+    """The configured URL, or an embedded server's when ``url`` is empty."""
+    url = settings.url.get_secret_value()
+    if url:
+        yield url
+        return
+    async with embedded_postgres(settings.data_dir) as embedded:
+        yield embedded
+
+
+async def connect(url: str, *, wait: float = 30.0) -> asyncpg.Connection:
+    """One connection, retried with backoff while the server is starting or briefly away."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(UNAVAILABLE_ERRORS),
+        wait=wait_random_exponential(multiplier=0.2, max=3.0),
+        stop=stop_after_delay(wait),
+        reraise=True,
+    ):
+        with attempt:
+            conn: asyncpg.Connection = await asyncpg.connect(url, timeout=10)
+            return conn
+    raise DatabaseUnavailable("could not connect")  # pragma: no cover - reraise=True above
+
+
+@asynccontextmanager
+async def create_pool(url: str, *, size: int, wait: float = 30.0) -> AsyncIterator[asyncpg.Pool]:
+    """A pool whose first connection is retried while the server is starting."""
+    conn = await connect(url, wait=wait)
+    await conn.close()
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min(2, size),
+        max_size=size,
+        command_timeout=30,
+        timeout=10,
+        max_inactive_connection_lifetime=300,
+    )
+    try:
+        yield pool
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except UNAVAILABLE_ERRORS:
+            pool.terminate()

@@ -1,0 +1,1 @@
+"""Delivery: claim due deliveries, open their ciphertext, hand the password to the adapter."""

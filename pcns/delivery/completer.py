@@ -1,0 +1,77 @@
+"""Outcomes are written in groups: one UPDATE records many attempts' results."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+
+from pcns.database import UNAVAILABLE_ERRORS
+from pcns.metrics import Metrics
+from pcns.queue.records import Outcome
+from pcns.queue.store import complete_deliveries
+
+log = structlog.get_logger(__name__)
+
+_MAX_GROUP = 500
+
+
+class Completer:
+    """Collects outcomes and records them; keeps retrying while the database is away."""
+
+    def __init__(self, pool: asyncpg.Pool, metrics: Metrics) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._pending: list[Outcome] = []
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def __aenter__(self) -> Completer:
+        self._task = asyncio.create_task(self._record_forever(), name="pcns-complete")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closing = True
+        self._ready.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=30)
+            except TimeoutError:
+                log.warning("outcomes_unrecorded_leases_will_expire", count=len(self._pending))
+
+    def add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._ready.set()
+
+    async def _record_forever(self) -> None:
+        failures = 0
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            group, self._pending = self._pending[:_MAX_GROUP], self._pending[_MAX_GROUP:]
+            try:
+                async with self._pool.acquire(timeout=10) as conn:
+                    ages = await complete_deliveries(conn, group)
+                failures = 0
+            except UNAVAILABLE_ERRORS as exc:
+                # Nothing is lost: the outcomes wait here; if the leases run out first, the
+                # deliveries are attempted again (at-least-once).
+                self._pending[:0] = group
+                failures += 1
+                log.warning("outcomes_not_recorded", error=type(exc).__name__, count=len(group))
+                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                continue
+            for outcome in group:
+                d = outcome.delivery
+                age = ages.get(d.id)
+                if age is None:
+                    log.warning("delivery_lease_lost", delivery_id=str(d.id), target=d.target)
+                elif outcome.state == "delivered":
+                    self._metrics.delivered.labels(d.target).inc()
+                    self._metrics.latency.labels(d.target).observe(age)

@@ -1,0 +1,239 @@
+"""The delivery loop: claim due deliveries in bounded batches, attempt each, record outcomes.
+
+Scheduled retries live in the queue (a due time on the row), never in sleeping coroutines. A
+worker that dies loses its lease; the reaper in any live worker hands the row to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+
+import asyncpg
+import structlog
+
+from pcns.config import DeliverySettings
+from pcns.database import UNAVAILABLE_ERRORS, connect
+from pcns.delivery.completer import Completer
+from pcns.delivery.retry import GiveUp, RetryPolicy
+from pcns.metrics import Metrics
+from pcns.queue.records import ClaimedDelivery, DeliveryId, Outcome
+from pcns.queue.store import (
+    WAKEUP_CHANNEL,
+    claim_due_deliveries,
+    reap_expired_leases,
+    release_deliveries,
+)
+from targets.base import Password, PermanentError, Target, TransientError
+from vault import IntegrityError, KeyProvider, open_sealed
+
+log = structlog.get_logger(__name__)
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        url: str,
+        keys: KeyProvider,
+        targets: Mapping[str, Target],
+        settings: DeliverySettings,
+        metrics: Metrics,
+    ) -> None:
+        self._pool = pool
+        self._url = url
+        self._keys = keys
+        self._targets = targets
+        self._settings = settings
+        self._metrics = metrics
+        self._policy = RetryPolicy(
+            settings.max_attempts, settings.backoff_initial, settings.backoff_max
+        )
+        self._inflight: dict[DeliveryId, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._completer = Completer(pool, metrics)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set, then finish or release in-flight work."""
+        async with self._completer:
+            helpers = [
+                asyncio.create_task(self._listen(stop), name="pcns-listen"),
+                asyncio.create_task(self._reap(stop), name="pcns-reap"),
+            ]
+            try:
+                await self._claim_loop(stop)
+            finally:
+                for task in helpers:
+                    task.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+                await self._drain()
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        s = self._settings
+        failures = 0
+        while not stop.is_set():
+            free = s.workers - len(self._inflight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await _wait_any(stop, self._slot_freed, timeout=s.poll_interval)
+                continue
+            self._wake.clear()
+            try:
+                async with self._pool.acquire(timeout=10) as conn:
+                    claimed, ended = await claim_due_deliveries(
+                        conn,
+                        limit=min(free, s.claim_batch),
+                        lease_seconds=s.lease,
+                        max_age_seconds=s.max_age,
+                    )
+                failures = 0
+            except UNAVAILABLE_ERRORS as exc:
+                failures += 1
+                log.warning("claim_failed", error=type(exc).__name__, consecutive=failures)
+                await _wait_any(stop, timeout=min(s.poll_interval * 2**failures, 30.0))
+                continue
+            for target, states in ended.items():
+                for state in states:
+                    self._metrics.ended.labels(target, state).inc()
+            for delivery in claimed:
+                task = asyncio.create_task(self._attempt(delivery))
+                self._inflight[delivery.id] = (delivery, task)
+            if len(claimed) < min(free, s.claim_batch):
+                # The queue had nothing more due: sleep until a NOTIFY, the poll, or stop.
+                await _wait_any(stop, self._wake, timeout=s.poll_interval)
+
+    async def _attempt(self, delivery: ClaimedDelivery) -> None:
+        started = time.perf_counter()
+        try:
+            outcome = await self._try_deliver(delivery)
+        finally:
+            self._inflight.pop(delivery.id, None)
+            self._slot_freed.set()
+        log.info(
+            "delivery_attempt",
+            delivery_id=str(delivery.id),
+            change_id=str(delivery.change_id),
+            target=delivery.target,
+            account=delivery.account,
+            attempt=delivery.attempts,
+            outcome=outcome.state,
+            error=outcome.error,
+            retry_in=round(outcome.delay, 3) if outcome.state == "pending" else None,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        self._completer.add(outcome)
+
+    async def _try_deliver(self, d: ClaimedDelivery) -> Outcome:
+        adapter = self._targets.get(d.target)
+        if adapter is None:
+            return self._transient(d, f"target {d.target!r} is not configured on this worker", None)
+        try:
+            plaintext = open_sealed(self._keys, d.sealed, d.associated_data)
+        except IntegrityError as exc:
+            log.error("delivery_integrity_failure", delivery_id=str(d.id), target=d.target)
+            self._metrics.failed.labels(d.target, "integrity").inc()
+            return Outcome(d, "failed", f"integrity: {exc}")
+        try:
+            async with asyncio.timeout(self._settings.attempt_timeout):
+                await adapter.set_password(d.account, Password(plaintext))
+        except PermanentError as exc:
+            self._metrics.failed.labels(d.target, "permanent").inc()
+            return Outcome(d, "failed", exc.reason)
+        except TransientError as exc:
+            return self._transient(d, exc.reason, exc.retry_after)
+        except TimeoutError:
+            return self._transient(d, "attempt timed out", None)
+        except Exception as exc:  # an adapter bug must not kill the worker or lose the change
+            log.error("adapter_error", target=d.target, error=type(exc).__name__)
+            return self._transient(d, f"adapter raised {type(exc).__name__}", None)
+        finally:
+            del plaintext
+        return Outcome(d, "delivered")
+
+    def _transient(self, d: ClaimedDelivery, reason: str, retry_after: float | None) -> Outcome:
+        decision = self._policy.decide(d.attempts, retry_after=retry_after)
+        if isinstance(decision, GiveUp):
+            self._metrics.failed.labels(d.target, "max_attempts").inc()
+            return Outcome(d, "failed", f"{reason} ({decision.reason})")
+        if d.age_seconds + decision.delay > self._settings.max_age:
+            self._metrics.ended.labels(d.target, "expired").inc()
+            return Outcome(d, "expired", f"{reason} (next attempt would pass delivery.max_age)")
+        self._metrics.retried.labels(d.target).inc()
+        return Outcome(d, "pending", reason, decision.delay)
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for new work; polling covers the gaps while this connection is down."""
+        while not stop.is_set():
+            try:
+                conn = await connect(self._url, wait=5.0)
+            except UNAVAILABLE_ERRORS:
+                await _wait_any(stop, timeout=5.0)
+                continue
+            try:
+                await conn.add_listener(WAKEUP_CHANNEL, lambda *_: self._wake.set())
+                lost = asyncio.Event()
+                conn.add_termination_listener(_setter(lost))
+                await _wait_any(stop, lost)
+            except UNAVAILABLE_ERRORS:
+                pass
+            finally:
+                with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                    await asyncio.wait_for(conn.close(), timeout=5)
+
+    async def _reap(self, stop: asyncio.Event) -> None:
+        interval = max(1.0, min(self._settings.lease / 4, 15.0))
+        while not await _wait_any(stop, timeout=interval):
+            try:
+                async with self._pool.acquire(timeout=10) as conn:
+                    reaped = await reap_expired_leases(
+                        conn, max_attempts=self._settings.max_attempts
+                    )
+            except UNAVAILABLE_ERRORS:
+                continue
+            for target, state in reaped:
+                log.warning("delivery_lease_expired", target=target, new_state=state)
+                if state == "failed":
+                    self._metrics.failed.labels(target, "lease_lost").inc()
+            if reaped:
+                self._wake.set()
+
+    async def _drain(self) -> None:
+        """Shutdown: let in-flight attempts finish for a grace period, release the rest."""
+        if not self._inflight:
+            return
+        tasks = [task for _, task in self._inflight.values()]
+        await asyncio.wait(tasks, timeout=self._settings.shutdown_grace)
+        unfinished = [d for d, task in self._inflight.values() if not task.done()]
+        for _, task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if unfinished:
+            try:
+                async with self._pool.acquire(timeout=10) as conn:
+                    await release_deliveries(conn, unfinished)
+                log.info("deliveries_released", count=len(unfinished))
+            except UNAVAILABLE_ERRORS:
+                log.warning("release_failed_leases_will_expire", count=len(unfinished))
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _: event.set()
+
+
+async def _wait_any(
+    stop: asyncio.Event,
+    *events: asyncio.Event,
+    timeout: float | None = None,  # noqa: ASYNC109 - several events at once, bounded by the poll
+) -> bool:
+    """Wait until ``stop`` or any of ``events`` is set, or ``timeout``; True when stopping."""
+    waiters = [asyncio.create_task(e.wait()) for e in (stop, *events)]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+    return stop.is_set()

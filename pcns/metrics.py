@@ -1,0 +1,88 @@
+"""Prometheus metrics, one registry per service instance (no process-wide globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pcns.queue.records import TargetQueueStats
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.accepted = Counter(
+            "pcns_changes_accepted",
+            "Password changes committed and acknowledged",
+            ["source"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "pcns_changes_replayed",
+            "Resent changes answered from the stored response",
+            ["source"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "pcns_changes_rejected",
+            "Password-change requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.delivered = Counter(
+            "pcns_deliveries_delivered", "Deliveries the target accepted", ["target"], registry=r
+        )
+        self.failed = Counter(
+            "pcns_deliveries_failed",
+            "Deliveries that ended failed, by reason",
+            ["target", "reason"],
+            registry=r,
+        )
+        self.retried = Counter(
+            "pcns_deliveries_retried",
+            "Attempts that failed transiently and were rescheduled",
+            ["target"],
+            registry=r,
+        )
+        self.ended = Counter(
+            "pcns_deliveries_ended",
+            "Deliveries ended without an attempt (superseded, expired)",
+            ["target", "state"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "pcns_delivery_latency_seconds",
+            "Time from acceptance to delivery",
+            ["target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "pcns_queue_depth",
+            "Open deliveries per target and state",
+            ["target", "state"],
+            registry=r,
+        )
+        self.oldest_pending = Gauge(
+            "pcns_queue_oldest_pending_seconds",
+            "Age of the oldest pending delivery",
+            ["target"],
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "pcns_database_up", "1 when the last database call succeeded", registry=r
+        )
+
+    def observe_queue(self, targets: list[str], stats: list[TargetQueueStats]) -> None:
+        by_target = {s.target: s for s in stats}
+        for name in sorted(set(targets) | set(by_target)):
+            s = by_target.get(name, TargetQueueStats(name, 0, 0, 0.0))
+            self.queue_depth.labels(name, "pending").set(s.pending)
+            self.queue_depth.labels(name, "in_flight").set(s.in_flight)
+            self.oldest_pending.labels(name).set(s.oldest_pending_seconds)

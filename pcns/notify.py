@@ -1,0 +1,100 @@
+"""The reference hook client: sign one password change and post it until pcns answers.
+
+Transport failures, 429 and 5xx are retried with exponential backoff and full jitter under the
+same webhook-id, so the receiver dedupes a resend; any other answer is final.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from pcns.receiver.signature import sign
+
+
+@dataclass(frozen=True)
+class NotifyResult:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == 202
+
+
+class _Retryable(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotifyFailed(Exception):
+    """pcns could not be reached, or kept answering 429/5xx, for the whole retry budget."""
+
+
+@dataclass(frozen=True)
+class Sender:
+    url: str
+    source: str
+    secret: bytes
+    ssl_context: ssl.SSLContext | None = None
+    timeout: float = 10.0
+    max_attempts: int = 8
+    max_delay: float = 60.0
+
+    async def send(self, change: dict[str, Any], *, webhook_id: str | None = None) -> NotifyResult:
+        """Post ``change`` (with its ``password``), retrying transient failures."""
+        wid = webhook_id or f"msg_{uuid.uuid4().hex}"
+        body = json.dumps(change, ensure_ascii=False).encode("utf-8")
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_Retryable),
+                wait=wait_random_exponential(multiplier=0.5, max=10),
+                stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_delay),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._post_once(wid, body)
+        except _Retryable as exc:
+            raise NotifyFailed(exc.detail) from None
+        raise NotifyFailed("no attempt made")  # pragma: no cover - tenacity reraises
+
+    async def _post_once(self, webhook_id: str, body: bytes) -> NotifyResult:
+        ts = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": sign(self.secret, webhook_id, ts, body),
+            "pcns-source": self.source,
+        }
+        endpoint = self.url.rstrip("/") + "/v1/password-changes"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as s,
+                s.post(endpoint, data=body, headers=headers, ssl=self.ssl_context or True) as r,
+            ):
+                text = await r.text()
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Retryable(f"cannot reach {endpoint}: {type(exc).__name__}") from None
+        if status == 429 or status >= 500:
+            raise _Retryable(f"pcns answered {status}")
+        try:
+            parsed = json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            parsed = {"detail": "response was not JSON"}
+        return NotifyResult(status, parsed if isinstance(parsed, dict) else {})

@@ -1,0 +1,116 @@
+"""Values that cross the queue boundary. None of their reprs shows a ciphertext or password."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, NewType
+from uuid import UUID
+
+from vault import AssociatedData, Sealed
+
+ChangeId = NewType("ChangeId", UUID)
+DeliveryId = NewType("DeliveryId", UUID)
+
+DeliveryState = Literal[
+    "pending", "in_flight", "delivered", "failed", "superseded", "expired", "cancelled"
+]
+TERMINAL_STATES: frozenset[DeliveryState] = frozenset(
+    {"delivered", "failed", "superseded", "expired", "cancelled"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A delivery to insert: pending with its ciphertext, or failed at once with a reason."""
+
+    id: DeliveryId
+    target: str
+    account: str
+    sealed: Sealed | None
+    failed_reason: str | None = None
+
+    @property
+    def state(self) -> DeliveryState:
+        return "pending" if self.failed_reason is None else "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class NewChange:
+    id: ChangeId
+    source: str
+    webhook_id: str
+    user: str
+    domain: str | None
+    upn: str | None
+    sid: str | None
+    changed_at: datetime | None
+    deliveries: tuple[NewDelivery, ...]
+    response: str = field(repr=False)  # the JSON body of the 202, replayed for a resend
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A delivery this worker holds a lease on, with the ciphertext it must open."""
+
+    id: DeliveryId
+    change_id: ChangeId
+    target: str
+    account: str
+    attempts: int
+    age_seconds: float
+    lease_token: UUID
+    sealed: Sealed
+
+    @property
+    def associated_data(self) -> AssociatedData:
+        return AssociatedData(
+            delivery_id=str(self.id),
+            change_id=str(self.change_id),
+            target=self.target,
+            account=self.account,
+        )
+
+
+OutcomeState = Literal["delivered", "failed", "expired", "pending"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended: terminal, or back to ``pending`` after ``delay`` seconds."""
+
+    delivery: ClaimedDelivery
+    state: OutcomeState
+    error: str | None = None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    target: str
+    account: str
+    state: DeliveryState
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeStatus:
+    id: ChangeId
+    source: str
+    user: str
+    domain: str | None
+    received_at: datetime
+    deliveries: tuple[DeliveryStatus, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetQueueStats:
+    target: str
+    pending: int
+    in_flight: int
+    oldest_pending_seconds: float

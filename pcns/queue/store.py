@@ -1,0 +1,344 @@
+"""Every statement the service runs against its queue, and the claim protocol.
+
+Claiming: due pending rows are picked with ``FOR UPDATE SKIP LOCKED`` (partial index
+``pcns_deliveries_claim``); each distinct (target, account) is then serialised with a
+transaction-scoped advisory lock, and only after holding it is the key's state read, so at most
+one delivery per (target, account) is ever in flight and an older password never follows a newer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from pcns.queue.records import (
+    ChangeId,
+    ChangeStatus,
+    ClaimedDelivery,
+    DeliveryId,
+    DeliveryStatus,
+    NewChange,
+    Outcome,
+    TargetQueueStats,
+)
+from vault import Sealed
+
+WAKEUP_CHANNEL = "pcns_wakeup"
+
+_INSERT_CHANGES = f"""
+WITH c AS (
+    INSERT INTO pcns_changes
+        (id, source, webhook_id, user_name, domain, upn, sid, changed_at, response)
+    SELECT x.id, x.source, x.webhook_id, x.user_name, x.domain, x.upn, x.sid, x.changed_at,
+           x.response::jsonb
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::timestamptz[], $9::text[])
+         AS x(id, source, webhook_id, user_name, domain, upn, sid, changed_at, response)
+    ON CONFLICT (source, webhook_id) DO NOTHING
+    RETURNING id, changed_at
+), d AS (
+    INSERT INTO pcns_deliveries
+        (id, change_id, target, account, order_at, state, last_error,
+         key_id, nonce, ciphertext, finished_at)
+    SELECT y.id, y.change_id, y.target, y.account, least(coalesce(c.changed_at, now()), now()),
+           y.state, y.last_error, y.key_id, y.nonce, y.ciphertext,
+           CASE WHEN y.state = 'pending' THEN NULL ELSE now() END
+    FROM unnest($10::uuid[], $11::uuid[], $12::text[], $13::text[], $14::text[], $15::text[],
+                $16::text[], $17::bytea[], $18::bytea[])
+         AS y(id, change_id, target, account, state, last_error, key_id, nonce, ciphertext)
+    JOIN c ON c.id = y.change_id
+    RETURNING state
+)
+SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM c) AS inserted,
+       (SELECT pg_notify('{WAKEUP_CHANNEL}', '')
+        WHERE EXISTS (SELECT 1 FROM d WHERE state = 'pending')) IS NULL AS notified
+"""
+
+_STORED_RESPONSES = """
+SELECT s.source, s.webhook_id, c.response::text AS response
+FROM unnest($1::text[], $2::text[]) AS s(source, webhook_id)
+JOIN pcns_changes c ON c.source = s.source AND c.webhook_id = s.webhook_id
+"""
+
+
+def _sealed_columns(sealed: Sealed | None) -> tuple[str | None, bytes | None, bytes | None]:
+    if sealed is None:
+        return None, None, None
+    return sealed.key_id, sealed.nonce, sealed.ciphertext
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to column arrays, the shape ``unnest($1::type[], ...)`` takes."""
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange]) -> list[str]:
+    """Commit a group of changes in one statement; returns each one's 202 body, in order.
+
+    A (source, webhook-id) seen before queues nothing and gets the body stored the first time.
+    """
+    change_rows = [
+        (c.id, c.source, c.webhook_id, c.user, c.domain, c.upn, c.sid, c.changed_at, c.response)
+        for c in changes
+    ]
+    delivery_rows = [
+        (d.id, c.id, d.target, d.account, d.state, d.failed_reason, *_sealed_columns(d.sealed))
+        for c in changes
+        for d in c.deliveries
+    ]
+    args = _columns(change_rows, 9) + _columns(delivery_rows, 9)
+    row = await conn.fetchrow(_INSERT_CHANGES, *args)
+    assert row is not None
+    inserted = set(row["inserted"])
+    replay = [ch for ch in changes if ch.id not in inserted]
+    stored: dict[tuple[str, str], str] = {}
+    if replay:
+        rows = await conn.fetch(
+            _STORED_RESPONSES, [c.source for c in replay], [c.webhook_id for c in replay]
+        )
+        stored = {(r["source"], r["webhook_id"]): r["response"] for r in rows}
+    return [
+        ch.response if ch.id in inserted else stored[(ch.source, ch.webhook_id)] for ch in changes
+    ]
+
+
+_CANDIDATES = """
+SELECT id, target, account FROM pcns_deliveries
+WHERE state = 'pending' AND due_at <= now()
+ORDER BY due_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+_TRY_KEY_LOCKS = """
+SELECT k FROM unnest($1::bigint[]) AS k WHERE pg_try_advisory_xact_lock(k)
+"""
+
+_KEY_ROWS = """
+SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq, d.due_at <= now() AS due,
+       d.created_at < now() - make_interval(secs => $3) AS too_old
+FROM pcns_deliveries d
+JOIN unnest($1::text[], $2::text[]) AS k(target, account)
+  ON d.target = k.target AND d.account = k.account
+WHERE d.state IN ('pending', 'in_flight', 'delivered', 'failed')
+"""
+
+_APPLY_CLAIM = """
+UPDATE pcns_deliveries d SET
+    state = x.state,
+    attempts = d.attempts + CASE WHEN x.state = 'in_flight' THEN 1 ELSE 0 END,
+    lease_token = CASE WHEN x.state = 'in_flight' THEN $3::uuid END,
+    lease_until = CASE WHEN x.state = 'in_flight' THEN now() + make_interval(secs => $4) END,
+    nonce = CASE WHEN x.state = 'in_flight' THEN d.nonce END,
+    ciphertext = CASE WHEN x.state = 'in_flight' THEN d.ciphertext END,
+    finished_at = CASE WHEN x.state = 'in_flight' THEN NULL ELSE now() END,
+    last_error = CASE x.state
+        WHEN 'superseded' THEN 'a newer change for this account superseded it'
+        WHEN 'expired' THEN 'older than delivery.max_age'
+        ELSE d.last_error END,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS x(id, state)
+WHERE d.id = x.id AND d.state = 'pending'
+RETURNING d.id, d.change_id, d.target, d.account, d.attempts, d.key_id, d.nonce, d.ciphertext,
+          x.state, extract(epoch FROM now() - d.created_at)::float8 AS age
+"""
+
+
+def _key_lock(target: str, account: str) -> int:
+    digest = hashlib.blake2b(f"{target}\x00{account}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _plan_key(rows: list[asyncpg.Record], updates: dict[UUID, str]) -> None:
+    """Decide one (target, account): claim its newest pending row, supersede the older ones."""
+    if any(r["state"] == "in_flight" for r in rows):
+        return  # one in flight per account: the rest wait for it
+    pending = sorted(
+        (r for r in rows if r["state"] == "pending"), key=lambda r: (r["order_at"], r["seq"])
+    )
+    if not pending:
+        return
+    newest = pending[-1]
+    done = [(r["order_at"], r["seq"]) for r in rows if r["state"] in ("delivered", "failed")]
+    if done and max(done) > (newest["order_at"], newest["seq"]):
+        stale = pending  # a newer password was already handled; these must never be written
+    else:
+        stale = pending[:-1]
+        if newest["too_old"]:
+            updates[newest["id"]] = "expired"
+        elif newest["due"]:
+            updates[newest["id"]] = "in_flight"
+    for r in stale:
+        updates[r["id"]] = "superseded"
+
+
+async def claim_due_deliveries(
+    conn: asyncpg.Connection, *, limit: int, lease_seconds: float, max_age_seconds: float
+) -> tuple[list[ClaimedDelivery], dict[str, list[str]]]:
+    """Lease up to ``limit`` due deliveries.
+
+    Returns the claimed deliveries and, per target, the states of rows this claim ended
+    (``superseded`` / ``expired``) for metrics.
+    """
+    ended: dict[str, list[str]] = defaultdict(list)
+    async with conn.transaction():
+        candidates = await conn.fetch(_CANDIDATES, limit)
+        if not candidates:
+            return [], ended
+        keys = {(r["target"], r["account"]) for r in candidates}
+        by_lock = {_key_lock(*k): k for k in keys}
+        locked = await conn.fetch(_TRY_KEY_LOCKS, list(by_lock))
+        held = [by_lock[r["k"]] for r in locked]
+        if not held:
+            return [], ended
+        rows = await conn.fetch(
+            _KEY_ROWS, [k[0] for k in held], [k[1] for k in held], max_age_seconds
+        )
+        per_key: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
+        for r in rows:
+            per_key[(r["target"], r["account"])].append(r)
+        updates: dict[UUID, str] = {}
+        for key_rows in per_key.values():
+            _plan_key(key_rows, updates)
+        if not updates:
+            return [], ended
+        token = uuid4()
+        applied = await conn.fetch(
+            _APPLY_CLAIM, list(updates), list(updates.values()), token, lease_seconds
+        )
+    claimed = []
+    for r in applied:
+        if r["state"] != "in_flight":
+            ended[r["target"]].append(r["state"])
+            continue
+        claimed.append(
+            ClaimedDelivery(
+                id=DeliveryId(r["id"]),
+                change_id=ChangeId(r["change_id"]),
+                target=r["target"],
+                account=r["account"],
+                attempts=r["attempts"],
+                age_seconds=r["age"],
+                lease_token=token,
+                sealed=Sealed(key_id=r["key_id"], nonce=r["nonce"], ciphertext=r["ciphertext"]),
+            )
+        )
+    return claimed, ended
+
+
+_COMPLETE = """
+UPDATE pcns_deliveries d SET
+    state = x.state,
+    last_error = x.error,
+    due_at = CASE WHEN x.state = 'pending' THEN now() + make_interval(secs => x.delay)
+             ELSE d.due_at END,
+    lease_token = NULL,
+    lease_until = NULL,
+    nonce = CASE WHEN x.state = 'pending' THEN d.nonce END,
+    ciphertext = CASE WHEN x.state = 'pending' THEN d.ciphertext END,
+    finished_at = CASE WHEN x.state = 'pending' THEN NULL ELSE now() END,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[])
+     AS x(id, token, state, error, delay)
+WHERE d.id = x.id AND d.lease_token = x.token AND d.state = 'in_flight'
+RETURNING d.id, extract(epoch FROM now() - d.created_at)::float8 AS age
+"""
+
+
+async def complete_deliveries(
+    conn: asyncpg.Connection, outcomes: Sequence[Outcome]
+) -> dict[DeliveryId, float]:
+    """Record attempt outcomes; a terminal state deletes the ciphertext in the same statement.
+
+    Returns, for each row still leased by us, its accept-to-now age in seconds; an outcome whose
+    lease was lost (the reaper gave the row to another worker) is dropped.
+    """
+    rows = await conn.fetch(
+        _COMPLETE,
+        [o.delivery.id for o in outcomes],
+        [o.delivery.lease_token for o in outcomes],
+        [o.state for o in outcomes],
+        [o.error for o in outcomes],
+        [o.delay for o in outcomes],
+    )
+    return {DeliveryId(r["id"]): r["age"] for r in rows}
+
+
+_RELEASE = """
+UPDATE pcns_deliveries SET
+    state = 'pending', attempts = greatest(attempts - 1, 0), due_at = now(),
+    lease_token = NULL, lease_until = NULL, updated_at = now()
+WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid AND state = 'in_flight'
+"""
+
+
+async def release_deliveries(
+    conn: asyncpg.Connection, deliveries: Sequence[ClaimedDelivery]
+) -> None:
+    """Give unfinished deliveries back (shutdown): due now, the interrupted attempt not counted."""
+    by_token: dict[UUID, list[DeliveryId]] = defaultdict(list)
+    for d in deliveries:
+        by_token[d.lease_token].append(d.id)
+    for token, ids in by_token.items():
+        await conn.execute(_RELEASE, ids, token)
+
+
+_REAP = """
+UPDATE pcns_deliveries SET
+    state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
+    last_error = 'worker lost its lease mid-delivery (stopped or crashed)',
+    nonce = CASE WHEN attempts >= $1 THEN NULL ELSE nonce END,
+    ciphertext = CASE WHEN attempts >= $1 THEN NULL ELSE ciphertext END,
+    finished_at = CASE WHEN attempts >= $1 THEN now() END,
+    due_at = now(), lease_token = NULL, lease_until = NULL, updated_at = now()
+WHERE state = 'in_flight' AND lease_until < now()
+RETURNING target, state
+"""
+
+
+async def reap_expired_leases(
+    conn: asyncpg.Connection, *, max_attempts: int
+) -> list[tuple[str, str]]:
+    """Return deliveries whose worker died to the queue; (target, new state) for each."""
+    rows = await conn.fetch(_REAP, max_attempts)
+    return [(r["target"], r["state"]) for r in rows]
+
+
+async def change_status(conn: asyncpg.Connection, change_id: UUID) -> ChangeStatus | None:
+    change = await conn.fetchrow(
+        "SELECT id, source, user_name, domain, received_at FROM pcns_changes WHERE id = $1",
+        change_id,
+    )
+    if change is None:
+        return None
+    rows = await conn.fetch(
+        "SELECT target, account, state, attempts, last_error, created_at, updated_at,"
+        " CASE WHEN state = 'pending' THEN due_at END AS next_attempt_at, finished_at"
+        " FROM pcns_deliveries WHERE change_id = $1 ORDER BY target",
+        change_id,
+    )
+    return ChangeStatus(
+        id=ChangeId(change["id"]),
+        source=change["source"],
+        user=change["user_name"],
+        domain=change["domain"],
+        received_at=change["received_at"],
+        deliveries=tuple(DeliveryStatus(**dict(r)) for r in rows),
+    )
+
+
+async def queue_stats(conn: asyncpg.Connection) -> list[TargetQueueStats]:
+    rows = await conn.fetch(
+        "SELECT target,"
+        " count(*) FILTER (WHERE state = 'pending') AS pending,"
+        " count(*) FILTER (WHERE state = 'in_flight') AS in_flight,"
+        " coalesce(extract(epoch FROM now() - min(created_at)"
+        "   FILTER (WHERE state = 'pending')), 0)::float8 AS oldest"
+        " FROM pcns_deliveries WHERE state IN ('pending', 'in_flight') GROUP BY target"
+    )
+    return [TargetQueueStats(r["target"], r["pending"], r["in_flight"], r["oldest"]) for r in rows]

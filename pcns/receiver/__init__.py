@@ -1,0 +1,1 @@
+"""The HTTP side: signed password changes in, status, health and metrics out."""

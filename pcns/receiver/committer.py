@@ -1,0 +1,91 @@
+"""Group commit: concurrent requests share one INSERT statement, as PostgreSQL's own group
+commit shares one WAL flush. Nobody is answered before the statement holding their change
+committed; under no load a change commits alone, with no added wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+
+from pcns.database import UNAVAILABLE_ERRORS
+from pcns.errors import DatabaseUnavailable
+from pcns.queue.records import NewChange
+from pcns.queue.store import insert_changes
+
+log = structlog.get_logger(__name__)
+
+_Item = tuple[NewChange, "asyncio.Future[str]"]
+
+
+class GroupCommitter:
+    """``submit`` a change, get its 202 body once committed; :class:`DatabaseUnavailable` if not."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int, flushers: int) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._flushers = flushers
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> GroupCommitter:
+        self._tasks = [
+            asyncio.create_task(self._flush_forever(), name=f"pcns-commit-{i}")
+            for i in range(self._flushers)
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # Requests still queued get their answer before the flushers stop.
+        await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def submit(self, change: NewChange) -> str:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((change, future))
+        return await future
+
+    async def _flush_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # a flusher must outlive any one batch
+                log.error("change_commit_failed", error=type(exc).__name__)
+                self._fail(batch, DatabaseUnavailable("change could not be committed"))
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                responses = await insert_changes(conn, [c for c, _ in batch])
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("database_unavailable", error=type(exc).__name__, size=len(batch))
+            self._fail(batch, DatabaseUnavailable("database unavailable"))
+            return
+        except asyncpg.PostgresError as exc:
+            if len(batch) == 1:
+                log.error("change_commit_failed", error=type(exc).__name__, sqlstate=exc.sqlstate)
+                self._fail(batch, DatabaseUnavailable("change could not be committed"))
+                return
+            # One bad row must not fail its neighbours: commit them one by one.
+            log.warning("group_commit_split", size=len(batch), error=type(exc).__name__)
+            for item in batch:
+                await self._commit([item])
+            return
+        for (_, future), response in zip(batch, responses, strict=True):
+            if not future.done():
+                future.set_result(response)
+
+    @staticmethod
+    def _fail(batch: list[_Item], error: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)

@@ -1,0 +1,273 @@
+"""aiohttp handlers: the signed intake, change status, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pcns.database import UNAVAILABLE_ERRORS
+from pcns.errors import DatabaseUnavailable
+from pcns.metrics import Metrics
+from pcns.queue.records import ChangeStatus
+from pcns.queue.store import change_status
+from pcns.receiver.committer import GroupCommitter
+from pcns.receiver.intake import build_change
+from pcns.receiver.models import BodyRejected, parse_change
+from pcns.receiver.problems import problem
+from pcns.receiver.signature import SignatureRejected, verify
+from pcns.routing import Router
+from vault import KeyProvider
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+
+
+@dataclass(frozen=True)
+class ReceiverContext:
+    """Everything the handlers need, built by the composition root."""
+
+    pool: asyncpg.Pool
+    keys: KeyProvider
+    router: Router
+    sources: Mapping[str, bytes]
+    admin_token: str | None
+    metrics: Metrics
+    max_body_bytes: int
+    timestamp_tolerance: float
+    committer: GroupCommitter | None
+
+
+CONTEXT = web.AppKey("pcns_context", ReceiverContext)
+SOURCE = web.RequestKey("pcns_source", str)
+CHANGE_ID = web.RequestKey("pcns_change_id", str)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    """Read the body from the stream, stopping as soon as it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject(
+    ctx: ReceiverContext, reason: str, status: int, title: str, detail: str
+) -> web.Response:
+    ctx.metrics.rejected.labels(reason).inc()
+    return problem(status, reason.replace("_", "-"), title, detail)
+
+
+async def post_password_change(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    assert ctx.committer is not None
+    if request.content_type != "application/json":
+        return _reject(
+            ctx,
+            "unsupported_media_type",
+            415,
+            "Unsupported Media Type",
+            "Content-Type must be application/json",
+        )
+    source = request.headers.get("pcns-source", "")
+    secret = ctx.sources.get(source)
+    if secret is None:
+        return _reject(
+            ctx,
+            "unknown_source",
+            401,
+            "Unauthorized",
+            "pcns-source header is missing or names no configured source",
+        )
+    try:
+        body = await _read_capped(request, ctx.max_body_bytes)
+    except _BodyTooLarge:
+        return _reject(
+            ctx,
+            "too_large",
+            413,
+            "Content Too Large",
+            f"body exceeds {ctx.max_body_bytes} bytes",
+        )
+    try:
+        webhook_id = verify(secret, request.headers, body, tolerance=ctx.timestamp_tolerance)
+    except SignatureRejected as exc:
+        return _reject(ctx, exc.reason, 401, "Unauthorized", exc.detail)
+    try:
+        change_in = parse_change(body)
+    except BodyRejected as exc:
+        return _reject(ctx, "invalid_body", 400, "Bad Request", exc.detail)
+    request[SOURCE] = source
+    change = build_change(
+        change_in, source=source, webhook_id=webhook_id, router=ctx.router, keys=ctx.keys
+    )
+    del change_in
+    try:
+        response = await ctx.committer.submit(change)
+    except DatabaseUnavailable:
+        ctx.metrics.rejected.labels("database_unavailable").inc()
+        return problem(
+            503,
+            "database-unavailable",
+            "Service Unavailable",
+            "the change was not stored; send it again later",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    if response == change.response:
+        ctx.metrics.accepted.labels(source).inc()
+    else:
+        ctx.metrics.replayed.labels(source).inc()
+    request[CHANGE_ID] = json.loads(response)["id"]
+    return web.Response(status=202, text=response, content_type="application/json")
+
+
+def _status_json(status: ChangeStatus) -> dict[str, object]:
+    def ts(value: object) -> object:
+        return value.isoformat() if hasattr(value, "isoformat") else value
+
+    return {
+        "id": str(status.id),
+        "source": status.source,
+        "user": status.user,
+        "domain": status.domain,
+        "received_at": ts(status.received_at),
+        "deliveries": [
+            {
+                "target": d.target,
+                "account": d.account,
+                "state": d.state,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "created_at": ts(d.created_at),
+                "updated_at": ts(d.updated_at),
+                "next_attempt_at": ts(d.next_attempt_at),
+                "finished_at": ts(d.finished_at),
+            }
+            for d in status.deliveries
+        ],
+    }
+
+
+def _admin_ok(ctx: ReceiverContext, request: web.Request) -> bool:
+    given = request.headers.get("Authorization", "")
+    if ctx.admin_token is None or not given.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(given[7:].encode(), ctx.admin_token.encode())
+
+
+async def get_password_change(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    if not _admin_ok(ctx, request):
+        return problem(
+            401,
+            "admin-token",
+            "Unauthorized",
+            "a valid admin bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="pcns"'},
+        )
+    try:
+        change_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        return problem(404, "not-found", "Not Found", "no change with that id")
+    try:
+        async with ctx.pool.acquire(timeout=5) as conn:
+            status = await change_status(conn, change_id)
+    except UNAVAILABLE_ERRORS:
+        return problem(
+            503,
+            "database-unavailable",
+            "Service Unavailable",
+            "database unavailable",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    if status is None:
+        return problem(404, "not-found", "Not Found", "no change with that id")
+    return web.json_response(_status_json(status))
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    checks: dict[str, str] = {}
+    try:
+        async with ctx.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1", timeout=2)
+        checks["database"] = "ok"
+        ctx.metrics.database_up.set(1)
+    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+        checks["database"] = "unavailable"
+        ctx.metrics.database_up.set(0)
+    try:
+        ctx.keys.primary()
+        checks["keyring"] = "ok"
+    except Exception:  # any keyring failure means not ready; its detail stays in the logs
+        checks["keyring"] = "unavailable"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    payload = await asyncio.to_thread(generate_latest, ctx.metrics.registry)
+    resp = web.Response(body=payload)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is problem+json; one canonical log line per request."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = problem(exc.status, "http-" + str(exc.status), exc.reason)
+    except Exception as exc:  # the last line of defence; no handler should get here
+        log.error("http_unhandled_error", path=request.path, error=type(exc).__name__)
+        response = problem(500, "internal", "Internal Server Error")
+    log.info(
+        "http_request",
+        method=request.method,
+        path=request.path if response.status != 404 else "(not found)",
+        status=response.status,
+        source=request.get(SOURCE),
+        change_id=request.get(CHANGE_ID),
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return response
+
+
+def add_routes(app: web.Application, *, receiver: bool) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    if receiver:
+        app.router.add_post("/v1/password-changes", post_password_change)
+        app.router.add_get("/v1/password-changes/{id}", get_password_change)

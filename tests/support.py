@@ -1,0 +1,287 @@
+"""Helpers for tests that run the service: config files on disk, a signing client, a TCP proxy
+that can cut the service off from PostgreSQL (a real outage, as a network partition looks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import asyncpg
+from standardwebhooks.webhooks import Webhook
+
+from pcns.config import Settings
+from pcns.secret_files import new_admin_token, new_webhook_secret, write_private_file
+from vault import create_keyring_file
+
+HTPASSWD = shutil.which("htpasswd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """Enough TOML for a pcns config: tables of scalars and arrays of tables."""
+    out: list[str] = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.append(f"[{key}]")
+            out += [f"{k} = {toml_value(v)}" for k, v in value.items()]
+        else:
+            for item in value:
+                out.append(f"[[{key}]]")
+                out += [f"{k} = {toml_value(v)}" for k, v in item.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+@dataclass
+class ServiceFiles:
+    """A service's key, secrets and config on disk, for in-process or subprocess runs."""
+
+    root: Path
+    db_url: str
+    port: int = field(default_factory=free_port)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    delivery: dict[str, Any] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keyring = self.root / "keyring.json"
+        if not self.keyring.exists():
+            create_keyring_file(self.keyring)
+        self.secret_file = self.root / "dc01.whsec"
+        write_private_file(self.secret_file, new_webhook_secret())
+        self.secret = self.secret_file.read_text().strip()
+        self.token_file = self.root / "admin.token"
+        write_private_file(self.token_file, new_admin_token())
+        self.admin_token = self.token_file.read_text().strip()
+        if not self.targets:
+            self.targets = [htpasswd_target("wiki", self.root / "wiki.htpasswd")]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "server": {"listen": f"127.0.0.1:{self.port}", **self.server},
+            "database": {"url": self.db_url, "pool_size": 6},
+            "vault": {"keyring": self.keyring},
+            "admin": {"token_file": self.token_file},
+            "delivery": {"poll_interval": "200ms", **self.delivery},
+            "sources": [{"id": "dc01", "secret_file": self.secret_file}],
+            "targets": self.targets,
+        }
+
+    def settings(self) -> Settings:
+        return Settings(**json.loads(json.dumps(self.document(), default=str)))
+
+    def write_config(self, name: str = "pcns.toml", **changes: Any) -> Path:
+        doc = self.document()
+        doc.update(changes)
+        path = self.root / name
+        path.write_text(to_toml(doc))
+        return path
+
+
+def htpasswd_target(name: str, path: Path, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "type": "htpasswd", "path": path, "bcrypt_cost": 4, **extra}
+
+
+def htpasswd_verifies(path: Path, user: str, password: str) -> bool:
+    """Apache's own ``htpasswd -v``: exit 0 when ``password`` is ``user``'s password."""
+    assert HTPASSWD is not None
+    if not path.exists():
+        return False
+    done = subprocess.run(
+        [HTPASSWD, "-v", "-i", str(path), user],
+        input=password.encode(),
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+class Client:
+    """Signs requests with the ``standardwebhooks`` package, as an independent hook would."""
+
+    def __init__(self, files: ServiceFiles, session: aiohttp.ClientSession) -> None:
+        self.files = files
+        self.session = session
+
+    def signed_headers(
+        self,
+        body: bytes,
+        *,
+        webhook_id: str | None = None,
+        at: datetime | None = None,
+        secret: str | None = None,
+    ) -> dict[str, str]:
+        wid = webhook_id or f"msg_{uuid.uuid4().hex}"
+        ts = at or datetime.now(UTC)
+        signature = Webhook(secret or self.files.secret).sign(wid, ts, body.decode())
+        return {
+            "content-type": "application/json",
+            "webhook-id": wid,
+            "webhook-timestamp": str(int(ts.timestamp())),
+            "webhook-signature": signature,
+            "pcns-source": "dc01",
+        }
+
+    async def post_raw(self, body: bytes, headers: dict[str, str]) -> tuple[int, Any, str]:
+        async with self.session.post(
+            self.files.url + "/v1/password-changes", data=body, headers=headers
+        ) as resp:
+            text = await resp.text()
+            ctype = resp.headers.get("content-type", "")
+            parsed = json.loads(text) if "json" in ctype else None
+            return resp.status, parsed, text
+
+    async def send(
+        self, user: str, password: str, *, webhook_id: str | None = None, **fields: Any
+    ) -> tuple[int, Any]:
+        body = json.dumps({"user": user, "password": password, **fields}).encode()
+        status, parsed, _ = await self.post_raw(
+            body, self.signed_headers(body, webhook_id=webhook_id)
+        )
+        return status, parsed
+
+    async def status(self, change_id: str) -> dict[str, Any]:
+        async with self.session.get(
+            f"{self.files.url}/v1/password-changes/{change_id}",
+            headers={"Authorization": f"Bearer {self.files.admin_token}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            body: dict[str, Any] = await resp.json()
+            return body
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], *, timeout: float = 20.0, interval: float = 0.1
+) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+async def delivery_states(client: Client, change_id: str) -> dict[str, str]:
+    doc = await client.status(change_id)
+    return {d["target"]: d["state"] for d in doc["deliveries"]}
+
+
+async def wait_terminal(client: Client, change_id: str, timeout: float = 20.0) -> dict[str, str]:
+    async def probe() -> dict[str, str] | None:
+        states = await delivery_states(client, change_id)
+        return states if all(s not in ("pending", "in_flight") for s in states.values()) else None
+
+    result: dict[str, str] = await eventually(probe, timeout=timeout)
+    return result
+
+
+class PgProxy:
+    """A TCP proxy in front of PostgreSQL that a test can cut (refuse and drop every connection)
+    and restore; the service sees exactly what a database outage looks like on the wire."""
+
+    def __init__(self, upstream_url: str) -> None:
+        parts = urlsplit(upstream_url)
+        query = parse_qs(parts.query)
+        self._unix = query["host"][0] + "/.s.PGSQL.5432" if "host" in query else None
+        self._tcp = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._db = parts.path.lstrip("/")
+        self._user = parts.username or "postgres"
+        self.port = free_port()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.up = True
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self._user}@127.0.0.1:{self.port}/{self._db}"
+
+    async def __aenter__(self) -> PgProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        self.up = False
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.transport.abort()
+            return
+        try:
+            if self._unix:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._unix)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._tcp)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+async def fetch_all(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        return rows
+    finally:
+        await conn.close()
