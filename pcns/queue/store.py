@@ -35,7 +35,7 @@ WITH c AS (
     INSERT INTO pcns_changes
         (id, source, webhook_id, user_name, domain, upn, sid, changed_at, response)
     SELECT x.id, x.source, x.webhook_id, x.user_name, x.domain, x.upn, x.sid, x.changed_at,
-           x.response::jsonb
+           x.response
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::timestamptz[], $9::text[])
          AS x(id, source, webhook_id, user_name, domain, upn, sid, changed_at, response)
@@ -60,7 +60,7 @@ SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM c) AS inserted,
 """
 
 _STORED_RESPONSES = """
-SELECT s.source, s.webhook_id, c.response::text AS response
+SELECT s.source, s.webhook_id, c.response
 FROM unnest($1::text[], $2::text[]) AS s(source, webhook_id)
 JOIN pcns_changes c ON c.source = s.source AND c.webhook_id = s.webhook_id
 """

@@ -11,7 +11,7 @@ CREATE TABLE pcns_changes (
     sid          text,
     changed_at   timestamptz,
     received_at  timestamptz NOT NULL DEFAULT now(),
-    response     jsonb NOT NULL,
+    response     text NOT NULL,      -- the 202 body, replayed byte for byte on a resend
     UNIQUE (source, webhook_id)
 );
 
