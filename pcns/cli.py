@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     notify.add_argument("--sid")
     notify.add_argument("--changed-at", help="ISO 8601 time of the change at the source")
     notify.add_argument("--webhook-id", help="stable id of this change (default: random)")
+    notify.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep retrying an unreachable or busy receiver this long (default 60)",
+    )
 
     status = sub.add_parser("status", help="per-target delivery state of one change")
     status.add_argument("id")
@@ -212,6 +219,7 @@ async def _notify(args: argparse.Namespace) -> int:
         source=args.source,
         secret=read_webhook_secret(secret_file),
         ssl_context=_ssl_context(args.ca_file),
+        max_delay=args.retry_for,
     )
     try:
         result = await sender.send(change, webhook_id=args.webhook_id)
