@@ -74,7 +74,6 @@ def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
 @dataclass(frozen=True)
 class RunningService:
     url: str
-    database_url: str
     pool: asyncpg.Pool
     metrics: Metrics
 
@@ -87,7 +86,10 @@ async def running_service(
     stop = stop or asyncio.Event()
     receiver = role in ("receiver", "all")
     keys = load_keys(settings)
-    sources = {s.id: read_webhook_secret(s.secret_file) for s in settings.sources}
+    # A worker-only host needs neither the sources' secrets nor the admin token.
+    sources = (
+        {s.id: read_webhook_secret(s.secret_file) for s in settings.sources} if receiver else {}
+    )
     admin_token = read_private_file(settings.admin.token_file, "admin token") if receiver else None
     targets = build_targets(settings) if role != "receiver" else {}
     metrics = Metrics()
@@ -149,7 +151,7 @@ async def running_service(
         scheme = "https" if tls else "http"
         public = f"{scheme}://{settings.server.listen}"
         log.info("service_started", listen=public, role=role, targets=sorted(targets))
-        yield RunningService(url=public, database_url=url, pool=pool, metrics=metrics)
+        yield RunningService(url=public, pool=pool, metrics=metrics)
         stop.set()
         log.info("service_stopping", role=role)
 
