@@ -97,7 +97,9 @@ async def running_service(
         for adapter in targets.values():
             stack.push_async_callback(adapter.close)
         url = await stack.enter_async_context(database_url(settings.database))
-        pool = await stack.enter_async_context(create_pool(url, size=settings.database.pool_size))
+        pool = await stack.enter_async_context(
+            create_pool(url, size=settings.database.pool_size, wait=settings.database.connect_wait)
+        )
         async with pool.acquire() as conn:
             await migrate(conn)
         worker_task: asyncio.Task[None] | None = None

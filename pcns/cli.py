@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from pcns.config import Settings, load_settings
+from pcns.database import UNAVAILABLE_ERRORS
 from pcns.errors import PcnsError
 from pcns.logging import configure_logging
 from pcns.secret_files import (
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     notify.add_argument("--source", required=True, help="source id (pcns-source header)")
     notify.add_argument("--secret-file", type=Path, help="the source's whsec_ secret file")
     notify.add_argument("--ca-file", type=Path, help="CA bundle to verify the receiver")
+    notify.add_argument("--cert", type=Path, help="client certificate (when mTLS is on)")
+    notify.add_argument("--key", type=Path, help="client certificate's private key")
     notify.add_argument("--user", required=True)
     notify.add_argument("--domain")
     notify.add_argument("--upn")
@@ -78,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("id")
     status.add_argument("--config", type=Path, required=True)
     status.add_argument("--url", help="receiver base URL (default: from the config)")
+    status.add_argument("--ca-file", type=Path, help="CA bundle to verify the receiver")
+    status.add_argument("--cert", type=Path, help="client certificate (when mTLS is on)")
+    status.add_argument("--key", type=Path, help="client certificate's private key")
     return p
 
 
@@ -98,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     except (PcnsError, VaultError) as exc:
         print(f"pcns: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except UNAVAILABLE_ERRORS as exc:
+        print(
+            f"pcns: PostgreSQL is unreachable ({type(exc).__name__}); check database.url",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
     return EXIT_USAGE
 
 
@@ -177,12 +189,16 @@ def _receiver_url(settings: Settings) -> str:
     return f"{scheme}://{host}:{settings.server.port}"
 
 
-def _ssl_context(ca_file: Path | None) -> Any:
-    if ca_file is None:
+def _ssl_context(args: argparse.Namespace) -> Any:
+    """TLS settings for talking to the receiver: CA bundle and, for mTLS, a client certificate."""
+    if args.ca_file is None and args.cert is None:
         return None
     import ssl
 
-    return ssl.create_default_context(cafile=str(ca_file))
+    ctx = ssl.create_default_context(cafile=str(args.ca_file) if args.ca_file else None)
+    if args.cert is not None:
+        ctx.load_cert_chain(args.cert, args.key)
+    return ctx
 
 
 async def _notify(args: argparse.Namespace) -> int:
@@ -218,7 +234,7 @@ async def _notify(args: argparse.Namespace) -> int:
         url=url,
         source=args.source,
         secret=read_webhook_secret(secret_file),
-        ssl_context=_ssl_context(args.ca_file),
+        ssl_context=_ssl_context(args),
         max_delay=args.retry_for,
     )
     try:
@@ -239,7 +255,9 @@ async def _status(args: argparse.Namespace) -> int:
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp,
+            session.get(
+                url, headers={"Authorization": f"Bearer {token}"}, ssl=_ssl_context(args) or True
+            ) as resp,
         ):
             body = await resp.text()
             status = resp.status

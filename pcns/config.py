@@ -109,6 +109,8 @@ class DatabaseSettings(_Section):
     url: SecretStr = SecretStr("")
     data_dir: Path = Path("pcns-data")
     pool_size: int = Field(default=10, ge=2, le=200)
+    # How long `pcns serve` waits for PostgreSQL to accept connections at start.
+    connect_wait: Duration = 30.0
 
 
 class VaultSettings(_Section):

@@ -17,7 +17,6 @@ import aiohttp
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
-    stop_after_attempt,
     stop_after_delay,
     wait_random_exponential,
 )
@@ -52,7 +51,6 @@ class Sender:
     secret: bytes
     ssl_context: ssl.SSLContext | None = None
     timeout: float = 10.0
-    max_attempts: int = 8
     max_delay: float = 60.0
 
     async def send(self, change: dict[str, Any], *, webhook_id: str | None = None) -> NotifyResult:
@@ -63,7 +61,7 @@ class Sender:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(_Retryable),
                 wait=wait_random_exponential(multiplier=0.5, max=10),
-                stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_delay),
+                stop=stop_after_delay(self.max_delay),
                 reraise=True,
             ):
                 with attempt:

@@ -89,6 +89,8 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
         )
     source = request.headers.get("pcns-source", "")
     secret = ctx.sources.get(source)
+    if secret is not None:
+        request[SOURCE] = source
     if secret is None:
         return _reject(
             ctx,
@@ -115,7 +117,6 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
         change_in = parse_change(body)
     except BodyRejected as exc:
         return _reject(ctx, "invalid_body", 400, "Bad Request", exc.detail)
-    request[SOURCE] = source
     change = build_change(
         change_in, source=source, webhook_id=webhook_id, router=ctx.router, keys=ctx.keys
     )
@@ -133,6 +134,9 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
         )
     if response == change.response:
         ctx.metrics.accepted.labels(source).inc()
+        for d in change.deliveries:
+            if d.failed_reason is not None:
+                ctx.metrics.failed.labels(d.target, "account_template").inc()
     else:
         ctx.metrics.replayed.labels(source).inc()
     request[CHANGE_ID] = json.loads(response)["id"]

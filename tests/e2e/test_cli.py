@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.e2e.conftest import PCNS, pcns_process, wait_for_text
-from tests.support import Client, ServiceFiles, eventually, fetch_all
+from tests.support import Client, ServiceFiles, eventually, fetch_all, to_toml
 
 
 def pcns(
@@ -44,6 +44,19 @@ def test_keyring_readable_by_others_is_refused(tmp_path: Path) -> None:
     done = pcns("serve", "--config", str(files.write_config()), cwd=tmp_path)
     assert done.returncode == 2
     assert "chmod 600" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    """`pcns serve` against a PostgreSQL that does not answer exits 3 with a one-line error."""
+    files = ServiceFiles(tmp_path / "svc", "postgresql://postgres@127.0.0.1:1/x")
+    doc = files.document()
+    doc["database"]["connect_wait"] = "1s"
+    config = tmp_path / "down.toml"
+    config.write_text(to_toml(doc))
+    done = pcns("serve", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 3
+    assert "PostgreSQL is unreachable" in done.stderr
     assert "Traceback" not in done.stderr
 
 
