@@ -209,7 +209,7 @@ def test_placeholders_translate_per_dialect() -> None:
 @pytest.mark.parametrize(
     ("values", "field"),
     [
-        ({"dsn": "mysql://root:hunter2@db/app"}, "dsn"),
+        ({"dsn": "mssql://root:hunter2@db/app"}, "dsn"),
         ({"dsn": "sqlite:///relative.db"}, "dsn"),
         ({}, "dsn_file"),
         ({"dsn": "postgresql://h/db", "dsn_file": "/etc/hostname"}, "dsn_file"),
