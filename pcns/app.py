@@ -21,7 +21,9 @@ from pcns.config import Role, ServerSettings, Settings, format_validation_error
 from pcns.database import UNAVAILABLE_ERRORS, create_pool, database_url
 from pcns.delivery.worker import DeliveryWorker
 from pcns.errors import ConfigError
+from pcns.keys.manager import KeyManager
 from pcns.metrics import Metrics
+from pcns.queue.keys import ciphertexts_per_key
 from pcns.queue.migrate import migrate
 from pcns.queue.store import queue_stats
 from pcns.receiver.committer import GroupCommitter
@@ -29,7 +31,7 @@ from pcns.receiver.http import CONTEXT, ReceiverContext, add_routes, problem_mid
 from pcns.routing import Router
 from pcns.secret_files import read_private_file, read_webhook_secret
 from targets.base import Target, load_target_types
-from vault import FileKeyring, KeyProvider
+from vault import FileKek, KekProvider, Keyring, TransitConfig, TransitKek
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +57,27 @@ def build_targets(settings: Settings) -> dict[str, Target]:
     return built
 
 
-def load_keys(settings: Settings) -> KeyProvider:
-    return FileKeyring.load(settings.vault.keyring)
+def build_kek(settings: Settings) -> KekProvider:
+    """The configured key-encryption key provider; a missing or unsafe KEK fails here, at start."""
+    vault = settings.vault
+    if vault.kek == "file":
+        return FileKek(vault.keyring)
+    t = vault.transit
+    assert t is not None  # validated with the settings
+    return TransitKek(
+        TransitConfig(
+            url=t.url,
+            key=t.key,
+            mount=t.mount,
+            token_file=t.token_file,
+            approle_role_id=t.approle_role_id,
+            approle_secret_id_file=t.approle_secret_id_file,
+            approle_mount=t.approle_mount,
+            ca_file=t.ca_file,
+            namespace=t.namespace,
+            timeout=t.timeout,
+        )
+    )
 
 
 def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
@@ -85,7 +106,7 @@ async def running_service(
     """Start every part the role needs; on exit stop HTTP first, then commit, then deliver."""
     stop = stop or asyncio.Event()
     receiver = role in ("receiver", "all")
-    keys = load_keys(settings)
+    kek = build_kek(settings)
     # A worker-only host needs neither the sources' secrets nor the admin token.
     sources = (
         {s.id: read_webhook_secret(s.secret_file) for s in settings.sources} if receiver else {}
@@ -94,6 +115,7 @@ async def running_service(
     targets = build_targets(settings) if role != "receiver" else {}
     metrics = Metrics()
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(kek.close)
         for adapter in targets.values():
             stack.push_async_callback(adapter.close)
         url = await stack.enter_async_context(database_url(settings.database))
@@ -102,6 +124,17 @@ async def running_service(
         )
         async with pool.acquire() as conn:
             await migrate(conn)
+        keys = KeyManager(
+            pool=pool,
+            url=url,
+            kek=kek,
+            settings=settings.vault,
+            metrics=metrics,
+            auto_rotate=role != "receiver",
+        )
+        await keys.load()
+        key_task = asyncio.create_task(keys.run(stop), name="pcns-keys")
+        stack.push_async_callback(_stop_and_await, key_task, stop)
         worker_task: asyncio.Task[None] | None = None
         if role in ("worker", "all"):
             worker = DeliveryWorker(
@@ -113,7 +146,7 @@ async def running_service(
                 metrics=metrics,
             )
             worker_task = asyncio.create_task(worker.run(stop), name="pcns-worker")
-            stack.push_async_callback(_await_worker, worker_task, stop)
+            stack.push_async_callback(_stop_and_await, worker_task, stop)
         committer = None
         if receiver:
             committer = await stack.enter_async_context(
@@ -122,13 +155,13 @@ async def running_service(
                 )
             )
         stats_task = asyncio.create_task(
-            _observe_queue(pool, metrics, [t.name for t in settings.targets], stop)
+            _observe_queue(pool, metrics, [t.name for t in settings.targets], keys.keyring, stop)
         )
         stack.push_async_callback(_cancel, stats_task)
         app = web.Application(middlewares=[problem_middleware])
         app[CONTEXT] = ReceiverContext(
             pool=pool,
-            keys=keys,
+            keys=keys.keyring,
             router=Router(settings.targets),
             sources=sources,
             admin_token=admin_token,
@@ -158,7 +191,7 @@ async def running_service(
         log.info("service_stopping", role=role)
 
 
-async def _await_worker(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+async def _stop_and_await(task: asyncio.Task[None], stop: asyncio.Event) -> None:
     stop.set()
     await task
 
@@ -170,13 +203,19 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def _observe_queue(
-    pool: asyncpg.Pool, metrics: Metrics, targets: list[str], stop: asyncio.Event
+    pool: asyncpg.Pool,
+    metrics: Metrics,
+    targets: list[str],
+    keyring: Keyring,
+    stop: asyncio.Event,
 ) -> None:
     while not stop.is_set():
         try:
             async with pool.acquire(timeout=5) as conn:
                 stats = await queue_stats(conn)
+                sealed = await ciphertexts_per_key(conn)
             metrics.observe_queue(targets, stats)
+            metrics.observe_ciphertexts(set(keyring.key_ids), sealed)
             metrics.database_up.set(1)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
             metrics.database_up.set(0)

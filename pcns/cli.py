@@ -1,4 +1,4 @@
-"""``pcns``: serve, db migrate, keys init, notify, status."""
+"""``pcns``: serve, db migrate, keys, notify, status."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import aiohttp
 from pcns.config import Settings, load_settings
 from pcns.database import UNAVAILABLE_ERRORS
 from pcns.errors import PcnsError
+from pcns.keys import cli as keys_cli
+from pcns.keys.admin import KeyAdminError
 from pcns.logging import configure_logging
 from pcns.secret_files import (
     new_admin_token,
@@ -48,10 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate = db_sub.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("--config", type=Path, required=True)
 
-    keys = sub.add_parser("keys", help="encryption keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    kinit = keys_sub.add_parser("init", help="create the keyring file (mode 0600)")
-    kinit.add_argument("--config", type=Path, required=True)
+    keys_cli.add_parser(sub)
 
     notify = sub.add_parser(
         "notify", help="sign and send one password change; the password is read from stdin"
@@ -96,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "db":
             return asyncio.run(_migrate(load_settings(args.config)))
         if args.command == "keys":
-            return _keys_init(load_settings(args.config))
+            return asyncio.run(keys_cli.run(args))
         if args.command == "notify":
             return asyncio.run(_notify(args))
         if args.command == "status":
             return asyncio.run(_status(args))
+    except KeyAdminError as exc:
+        print(f"pcns keys: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
     except (PcnsError, VaultError) as exc:
         print(f"pcns: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -113,16 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def _keys_init(settings: Settings) -> int:
-    key_id = create_keyring_file(settings.vault.keyring)
-    print(f"created keyring {settings.vault.keyring} with primary key {key_id}")
-    return EXIT_OK
-
-
 def _init_files(settings: Settings) -> None:
     """Create whichever of the keyring, admin token and source secrets does not exist yet."""
-    if not settings.vault.keyring.exists():
-        _keys_init(settings)
+    if settings.vault.kek == "file" and not settings.vault.keyring.exists():
+        kek_id = create_keyring_file(settings.vault.keyring)
+        print(f"created key-encryption key {kek_id} in {settings.vault.keyring}")
     if write_private_file(settings.admin.token_file, new_admin_token()):
         print(f"created admin token {settings.admin.token_file}")
     for source in settings.sources:

@@ -113,8 +113,46 @@ class DatabaseSettings(_Section):
     connect_wait: Duration = 30.0
 
 
+class TransitSettings(_Section):
+    """Vault / OpenBao transit engine holding the key-encryption key."""
+
+    url: str = Field(pattern=r"^https?://")
+    key: str = "pcns"
+    mount: str = "transit"
+    token_file: Path | None = None
+    approle_role_id: str | None = None
+    approle_secret_id_file: Path | None = None
+    approle_mount: str = "approle"
+    ca_file: Path | None = None
+    namespace: str | None = None
+    timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> TransitSettings:
+        if (self.token_file is None) == (self.approle_role_id is None):
+            raise ValueError("set exactly one of token_file and approle_role_id")
+        if self.approle_role_id is not None and self.approle_secret_id_file is None:
+            raise ValueError("approle_role_id needs approle_secret_id_file")
+        return self
+
+
+# NIST SP 800-38D caps random 96-bit nonces at 2^32 encryptions per key; stay far below.
+MAX_ENCRYPTIONS_CEILING = 2**32
+
+
 class VaultSettings(_Section):
-    keyring: Path = Path("pcns-data/keyring.json")
+    kek: Literal["file", "transit"] = "file"
+    keyring: Path = Path("pcns-data/keyring.json")  # the file KEK (``kek = "file"``)
+    transit: TransitSettings | None = None
+    rotate_after: Duration = 30 * 86400.0
+    max_encryptions: int = Field(default=2**30, ge=1, le=MAX_ENCRYPTIONS_CEILING // 2)
+    refresh_interval: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _transit_needs_settings(self) -> VaultSettings:
+        if self.kek == "transit" and self.transit is None:
+            raise ValueError('kek = "transit" needs a [vault.transit] table')
+        return self
 
 
 class AdminSettings(_Section):

@@ -75,9 +75,37 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.integrity_failures = Counter(
+            "pcns_integrity_failures",
+            "Ciphertexts that failed authentication",
+            ["target"],
+            registry=r,
+        )
+        self.dek_age = Gauge(
+            "pcns_data_key_age_seconds",
+            "Age of each live data key (0 once retired)",
+            ["key_id"],
+            registry=r,
+        )
+        self.dek_encryptions = Gauge(
+            "pcns_data_key_encryptions",
+            "Encryptions recorded under each data key",
+            ["key_id"],
+            registry=r,
+        )
+        self.ciphertexts_per_key = Gauge(
+            "pcns_queued_ciphertexts",
+            "Queued ciphertexts under each data key",
+            ["key_id"],
+            registry=r,
+        )
         self.database_up = Gauge(
             "pcns_database_up", "1 when the last database call succeeded", registry=r
         )
+
+    def observe_ciphertexts(self, key_ids: set[str], counts: dict[str, int]) -> None:
+        for kid in sorted(key_ids | set(counts)):
+            self.ciphertexts_per_key.labels(kid).set(counts.get(kid, 0))
 
     def observe_queue(self, targets: list[str], stats: list[TargetQueueStats]) -> None:
         by_target = {s.target: s for s in stats}

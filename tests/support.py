@@ -79,6 +79,7 @@ class ServiceFiles:
     targets: list[dict[str, Any]] = field(default_factory=list)
     delivery: dict[str, Any] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
+    vault: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,7 @@ class ServiceFiles:
         return {
             "server": {"listen": f"127.0.0.1:{self.port}", **self.server},
             "database": {"url": self.db_url, "pool_size": 6},
-            "vault": {"keyring": self.keyring},
+            "vault": {"keyring": self.keyring, **self.vault},
             "admin": {"token_file": self.token_file},
             "delivery": {"poll_interval": "200ms", **self.delivery},
             "sources": [{"id": "dc01", "secret_file": self.secret_file}],

@@ -1,21 +1,36 @@
 """Encryption of queued passwords and the custody of their keys; a library.
 
-``vault`` imports nothing from ``pcns`` or ``targets``.
+Envelope encryption: passwords are sealed with data keys (AES-256-GCM), and data keys are stored
+only wrapped by a key-encryption key held by a :class:`~vault.kek.KekProvider`. ``vault`` imports
+nothing from ``pcns`` or ``targets``.
 """
 
-from vault.aead import AssociatedData, Sealed, open_sealed, seal
-from vault.errors import IntegrityError, KeyringError, VaultError
-from vault.keyring import FileKeyring, KeyProvider, create_keyring_file
+from vault.aead import AssociatedData, Sealed, open_sealed, reseal, seal
+from vault.errors import IntegrityError, KekError, KeyringError, VaultError
+from vault.kek import KekProvider, WrappedKey
+from vault.kek_file import FileKek, add_kek, create_keyring_file, prune_keks
+from vault.kek_transit import TransitConfig, TransitKek
+from vault.keyring import KEY_BYTES, KeyProvider, Keyring
 
 __all__ = [
+    "KEY_BYTES",
     "AssociatedData",
-    "FileKeyring",
+    "FileKek",
     "IntegrityError",
+    "KekError",
+    "KekProvider",
     "KeyProvider",
+    "Keyring",
     "KeyringError",
     "Sealed",
+    "TransitConfig",
+    "TransitKek",
     "VaultError",
+    "WrappedKey",
+    "add_kek",
     "create_keyring_file",
     "open_sealed",
+    "prune_keks",
+    "reseal",
     "seal",
 ]

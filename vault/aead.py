@@ -73,3 +73,8 @@ def open_sealed(keys: KeyProvider, sealed: Sealed, ad: AssociatedData) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise IntegrityError("decrypted value is not UTF-8") from None
+
+
+def reseal(keys: KeyProvider, sealed: Sealed, ad: AssociatedData) -> Sealed:
+    """Re-encrypt under the primary key; the plaintext never leaves this function."""
+    return seal(keys, open_sealed(keys, sealed, ad), ad)

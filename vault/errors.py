@@ -8,7 +8,11 @@ class VaultError(Exception):
 
 
 class KeyringError(VaultError):
-    """The keyring cannot be used (missing, unreadable, too permissive, malformed)."""
+    """A key cannot be used (missing, unknown id, malformed)."""
+
+
+class KekError(VaultError):
+    """The key-encryption key is unavailable or wrong; the message names the provider."""
 
 
 class IntegrityError(VaultError):

@@ -18,6 +18,7 @@ from pcns.config import DeliverySettings
 from pcns.database import UNAVAILABLE_ERRORS, connect
 from pcns.delivery.completer import Completer
 from pcns.delivery.retry import GiveUp, RetryPolicy
+from pcns.keys.manager import KeyManager
 from pcns.metrics import Metrics
 from pcns.queue.records import ClaimedDelivery, DeliveryId, Outcome
 from pcns.queue.store import (
@@ -27,7 +28,7 @@ from pcns.queue.store import (
     release_deliveries,
 )
 from targets.base import Password, PermanentError, Target, TransientError
-from vault import IntegrityError, KeyProvider, open_sealed
+from vault import IntegrityError, KekError, open_sealed
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +39,7 @@ class DeliveryWorker:
         *,
         pool: asyncpg.Pool,
         url: str,
-        keys: KeyProvider,
+        keys: KeyManager,
         targets: Mapping[str, Target],
         settings: DeliverySettings,
         metrics: Metrics,
@@ -132,10 +133,21 @@ class DeliveryWorker:
         if adapter is None:
             return self._transient(d, f"target {d.target!r} is not configured on this worker", None)
         try:
-            plaintext = open_sealed(self._keys, d.sealed, d.associated_data)
+            await self._keys.ensure(d.sealed.key_id)
+        except (KekError, asyncpg.PostgresError, *UNAVAILABLE_ERRORS) as exc:
+            return self._transient(d, f"data key unavailable: {type(exc).__name__}", None)
+        try:
+            plaintext = open_sealed(self._keys.keyring, d.sealed, d.associated_data)
         except IntegrityError as exc:
-            log.error("delivery_integrity_failure", delivery_id=str(d.id), target=d.target)
+            log.error(
+                "delivery_integrity_failure",
+                delivery_id=str(d.id),
+                target=d.target,
+                key_id=d.sealed.key_id,
+                error=str(exc),
+            )
             self._metrics.failed.labels(d.target, "integrity").inc()
+            self._metrics.integrity_failures.labels(d.target).inc()
             return Outcome(d, "failed", f"integrity: {exc}")
         try:
             async with asyncio.timeout(self._settings.attempt_timeout):

@@ -1,0 +1,150 @@
+"""``pcns keys``: init, list, rotate, rewrap, retire, rotate-kek, audit."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+
+from pcns.config import Settings, load_settings
+from pcns.database import create_pool, database_url
+from pcns.keys import admin
+from pcns.queue import keys as sql
+from pcns.queue.migrate import migrate
+from vault import KekProvider, create_keyring_file
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="data keys and key-encryption keys (security team)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = keys_sub.add_parser(name, help=help_text)
+        p.add_argument("--config", type=Path, required=True)
+        p.add_argument(
+            "--actor", default=None, help="who runs this, for the audit log (default user@host)"
+        )
+        return p
+
+    command("init", "create the file KEK (vault.keyring, mode 0600)")
+    command("list", "every data key: state, age, encryptions, queued ciphertexts")
+    rotate = command("rotate", "create a new data key and make it primary, online")
+    rotate.add_argument(
+        "--propagation",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long the new key is loaded everywhere before it becomes primary "
+        "(default: vault.refresh_interval + 1)",
+    )
+    rewrap = command("rewrap", "re-encrypt queued ciphertexts under the primary data key")
+    rewrap.add_argument("--batch", type=int, default=1000)
+    retire = command("retire", "destroy a data key no queued ciphertext uses")
+    retire.add_argument("key_id")
+    command("rotate-kek", "rewrap every data key under the current key-encryption key")
+    audit = command("audit", "the key audit log, newest first")
+    audit.add_argument("--limit", type=int, default=50)
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return str(args.actor or f"{getpass.getuser()}@{socket.gethostname()}")
+
+
+@asynccontextmanager
+async def _admin(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, KekProvider]]:
+    from pcns.app import build_kek
+
+    kek = build_kek(settings)
+    try:
+        async with (
+            database_url(settings.database) as url,
+            create_pool(url, size=2, wait=settings.database.connect_wait) as pool,
+        ):
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            yield pool, kek
+    finally:
+        await kek.close()
+
+
+def _progress(done: int, total: int) -> None:
+    share = done / total if total else 1.0
+    if sys.stderr.isatty():
+        bar = "#" * int(share * 30)
+        print(f"\rrewrap [{bar:<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
+    elif total and (
+        done == total or done // max(total // 10, 1) != (done - 1) // max(total // 10, 1)
+    ):
+        print(f"rewrap {done}/{total} ({share:.0%})", file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run one ``pcns keys`` command; returns the exit code."""
+    settings = load_settings(args.config)
+    if args.keys_command == "init":
+        if settings.vault.kek != "file":
+            mount = settings.vault.transit.mount if settings.vault.transit else "transit"
+            print(
+                "pcns keys init: the transit KEK lives in Vault/OpenBao; create it there "
+                f"(bao write -f {mount}/keys/NAME)",
+                file=sys.stderr,
+            )
+            return 2
+        kek_id = create_keyring_file(settings.vault.keyring)
+        print(f"created key-encryption key {kek_id} in {settings.vault.keyring} (mode 0600)")
+        return 0
+    actor = _actor(args)
+    async with _admin(settings) as (pool, kek):
+        if args.keys_command == "list":
+            rows = await admin.list_keys(pool)
+            print(f"{'key id':<34} {'state':<13} {'created':<26} {'encryptions':>12} {'queued':>8}")
+            for k in rows:
+                print(
+                    f"{k.id:<34} {k.state:<13} {k.created_at:<26} {k.encryptions:>12}"
+                    f" {k.queued_ciphertexts:>8}"
+                )
+        elif args.keys_command == "rotate":
+            wait = args.propagation
+            if wait is None:
+                wait = settings.vault.refresh_interval + 1
+            key_id = await admin.rotate(pool, kek, actor=actor, propagation=wait)
+            print(f"data key {key_id} is now primary")
+        elif args.keys_command == "rewrap":
+            report = await admin.rewrap(
+                pool, kek, actor=actor, batch=args.batch, progress=_progress
+            )
+            if sys.stderr.isatty():
+                print(file=sys.stderr)
+            print(
+                f"rewrapped {report.rewrapped}; integrity failures {report.integrity_failures};"
+                f" still under old keys {report.remaining}"
+            )
+            return 0 if report.remaining == report.integrity_failures else 1
+        elif args.keys_command == "retire":
+            await admin.retire(pool, actor=actor, key_id=args.key_id)
+            print(f"data key {args.key_id} retired; its wrapped key is destroyed")
+        elif args.keys_command == "rotate-kek":
+            count = await admin.rotate_kek(pool, kek, actor=actor)
+            print(f"rewrapped {count} data keys under the current {kek.name} KEK")
+        elif args.keys_command == "audit":
+            async with pool.acquire() as conn:
+                for r in await sql.audit_log(conn, args.limit):
+                    print(
+                        json.dumps(
+                            {
+                                "at": r["at"].isoformat(),
+                                "actor": r["actor"],
+                                "action": r["action"],
+                                "key_id": r["key_id"],
+                                "detail": json.loads(r["detail"]),
+                            }
+                        )
+                    )
+    return 0

@@ -1,0 +1,194 @@
+"""Each process's view of the data keys: loaded at start, refreshed on NOTIFY or by polling,
+so a rotation reaches every receiver and worker within seconds and without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from pcns.config import VaultSettings
+from pcns.database import UNAVAILABLE_ERRORS, connect
+from pcns.metrics import Metrics
+from pcns.queue import keys as sql
+from vault import KEY_BYTES, KekError, KekProvider, Keyring, VaultError
+
+log = structlog.get_logger(__name__)
+
+
+def new_key_id() -> str:
+    return "dek-" + datetime.now(UTC).strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class KeyManager:
+    """Holds the unwrapped data keys of this process in a :class:`vault.Keyring`."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        url: str,
+        kek: KekProvider,
+        settings: VaultSettings,
+        metrics: Metrics,
+        auto_rotate: bool,
+    ) -> None:
+        self.keyring = Keyring()
+        self.kek = kek
+        self._pool = pool
+        self._url = url
+        self._settings = settings
+        self._metrics = metrics
+        self._auto_rotate = auto_rotate
+        self._unwrapped: dict[str, bytes] = {}
+        self._changed = asyncio.Event()
+        self._rotating: asyncio.Task[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"KeyManager(kek={self.kek.name!r}, keyring={self.keyring!r})"
+
+    async def load(self) -> None:
+        """First load; creates the first data key when the database has none."""
+        async with self._pool.acquire() as conn:
+            rows = await sql.data_keys(conn)
+            if not any(r.state == "primary" for r in rows):
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.KEY_ADMIN_LOCK)
+                    rows = await sql.data_keys(conn)
+                    if not any(r.state == "primary" for r in rows):
+                        key_id = new_key_id()
+                        wrapped = await self.kek.wrap(key_id, secrets.token_bytes(KEY_BYTES))
+                        await sql.insert_data_key(conn, key_id, "primary", wrapped)
+                        await sql.audit(
+                            conn,
+                            "pcns (first start)",
+                            "create",
+                            key_id,
+                            {"state": "primary", "kek": self.kek.name},
+                        )
+                        log.info("data_key_created", key_id=key_id, kek=self.kek.name)
+                        rows = await sql.data_keys(conn)
+        await self._install(rows)
+
+    async def refresh(self) -> None:
+        async with self._pool.acquire(timeout=10) as conn:
+            rows = await sql.data_keys(conn)
+        await self._install(rows)
+
+    async def ensure(self, key_id: str) -> None:
+        """Make sure ``key_id`` is loaded if it exists (a worker meeting a brand-new key)."""
+        if key_id not in self.keyring.key_ids:
+            await self.refresh()
+
+    async def _install(self, rows: list[sql.DataKeyRow]) -> None:
+        keys: dict[str, bytes] = {}
+        for row in rows:
+            if row.wrapped is None:
+                continue  # retired: destroyed
+            raw = self._unwrapped.get(row.id)
+            if raw is None:
+                raw = await self.kek.unwrap(row.id, row.wrapped)
+            keys[row.id] = raw
+        primary = next((r.id for r in rows if r.state == "primary"), None)
+        before = self.keyring.primary_id
+        self.keyring.install(keys, primary)
+        self._unwrapped = keys
+        if before is not None and primary != before:
+            log.info("primary_data_key_changed", key_id=primary, previous=before)
+        for row in rows:
+            self._metrics.dek_age.labels(row.id).set(row.age_seconds if row.wrapped else 0)
+            self._metrics.dek_encryptions.labels(row.id).set(row.encryptions)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Refresh on NOTIFY or every ``refresh_interval``; record encryption counts."""
+        listener = asyncio.create_task(self._listen(stop))
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait(), timeout=self._settings.refresh_interval
+                    )
+                self._changed.clear()
+                await self._tick()
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+                await self._flush_counts()
+
+    async def _tick(self) -> None:
+        try:
+            await self._flush_counts()
+            await self.refresh()
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("key_refresh_failed", error=type(exc).__name__)
+            return
+        except VaultError as exc:
+            # Keep the keys already held; new ones cannot be used until the KEK is back.
+            log.error("key_refresh_failed", error=str(exc))
+            return
+        if self._auto_rotate:
+            self._maybe_rotate()
+
+    async def _flush_counts(self) -> None:
+        counts = self.keyring.take_counts()
+        if not counts:
+            return
+        try:
+            async with self._pool.acquire(timeout=10) as conn:
+                await sql.add_encryptions(conn, counts)
+        except BaseException:
+            self.keyring.restore_counts(counts)  # recorded with the next flush
+            raise
+
+    def _maybe_rotate(self) -> None:
+        if self._rotating is not None and not self._rotating.done():
+            return
+        self._rotating = asyncio.create_task(self._auto_rotation())
+
+    async def _auto_rotation(self) -> str:
+        from pcns.keys.admin import due_for_rotation, rotate
+
+        async with self._pool.acquire(timeout=10) as conn:
+            reason = due_for_rotation(await sql.data_keys(conn), self._settings)
+        if reason is None:
+            return ""
+        try:
+            return await rotate(
+                self._pool,
+                self.kek,
+                actor="pcns (automatic rotation)",
+                reason=reason,
+                propagation=self._settings.refresh_interval,
+                settings=self._settings,
+            )
+        except (KekError, *UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            log.error("automatic_rotation_failed", error=str(exc) or type(exc).__name__)
+            return ""
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn = await connect(self._url, wait=5.0)
+            except UNAVAILABLE_ERRORS:
+                await asyncio.sleep(self._settings.refresh_interval)
+                continue
+            lost = asyncio.Event()
+            try:
+                await conn.add_listener(sql.KEYS_CHANNEL, lambda *_: self._changed.set())
+                conn.add_termination_listener(_setter(lost))
+                await lost.wait()
+            except UNAVAILABLE_ERRORS:
+                pass
+            finally:
+                with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                    await asyncio.wait_for(conn.close(), timeout=5)
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _: event.set()
