@@ -17,8 +17,9 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from pcns.config import Role, ServerSettings, Settings, format_validation_error
+from pcns.config import Role, ServerSettings, Settings, TargetConfig, format_validation_error
 from pcns.database import UNAVAILABLE_ERRORS, create_pool, database_url
+from pcns.delivery.protection import Protection, TargetGuard
 from pcns.delivery.worker import DeliveryWorker
 from pcns.errors import ConfigError
 from pcns.keys.manager import KeyManager
@@ -55,6 +56,15 @@ def build_targets(settings: Settings) -> dict[str, Target]:
             raise ConfigError(f"targets.{i} ({cfg.name}): {format_validation_error(exc)}") from None
         built[cfg.name] = factory(cfg.name, adapter_settings)
     return built
+
+
+def protection_of(target: TargetConfig) -> Protection:
+    return Protection(
+        max_concurrency=target.max_concurrency,
+        rate_limit=target.rate_limit,
+        breaker_threshold=target.breaker_threshold,
+        breaker_cooldown=target.breaker_cooldown,
+    )
 
 
 def build_kek(settings: Settings) -> KekProvider:
@@ -142,6 +152,7 @@ async def running_service(
                 url=url,
                 keys=keys,
                 targets=targets,
+                guards={t.name: TargetGuard(t.name, protection_of(t)) for t in settings.targets},
                 settings=settings.delivery,
                 metrics=metrics,
             )

@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
 
     keys_cli.add_parser(sub)
 
+    targets = sub.add_parser("targets", help="target applications")
+    targets_sub = targets.add_subparsers(dest="targets_command", required=True)
+    check = targets_sub.add_parser(
+        "check", help="probe connectivity and credentials of targets, changing no password"
+    )
+    check.add_argument("name", nargs="*", help="target names (default: all)")
+    check.add_argument("--config", type=Path, required=True)
+
     notify = sub.add_parser(
         "notify", help="sign and send one password change; the password is read from stdin"
     )
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_migrate(load_settings(args.config)))
         if args.command == "keys":
             return asyncio.run(keys_cli.run(args))
+        if args.command == "targets":
+            return asyncio.run(_targets_check(load_settings(args.config), args.name))
         if args.command == "notify":
             return asyncio.run(_notify(args))
         if args.command == "status":
@@ -162,6 +172,35 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return EXIT_OK
+
+
+async def _targets_check(settings: Settings, names: list[str]) -> int:
+    """Run each target's own check(); one line per target, exit 1 if any fails."""
+    from pcns.app import build_targets
+    from targets.base import TargetError
+
+    targets = build_targets(settings)
+    unknown = sorted(set(names) - set(targets))
+    if unknown:
+        print(
+            f"pcns targets check: no such target {unknown}; configured: {sorted(targets)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    failed = 0
+    for name, target in targets.items():
+        if names and name not in names:
+            continue
+        try:
+            await asyncio.wait_for(target.check(), timeout=30)
+            print(f"{name}: ok")
+        except (TargetError, TimeoutError) as exc:
+            failed += 1
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            print(f"{name}: FAILED ({type(exc).__name__}): {reason}")
+        finally:
+            await target.close()
+    return EXIT_REJECTED if failed else EXIT_OK
 
 
 async def _migrate(settings: Settings) -> int:

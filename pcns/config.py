@@ -197,6 +197,11 @@ class TargetConfig(BaseModel):
     account: str = "{user}"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    # Protection of the target application (not passed to the adapter).
+    max_concurrency: int | None = Field(default=None, ge=1, le=1024)
+    rate_limit: float | None = Field(default=None, gt=0)
+    breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    breaker_cooldown: Duration = 30.0
 
     @field_validator("account")
     @classmethod

@@ -99,6 +99,18 @@ class Metrics:
             ["key_id"],
             registry=r,
         )
+        self.deferred = Counter(
+            "pcns_deliveries_deferred",
+            "Attempts handed back unused (concurrency cap, rate limit, breaker)",
+            ["target"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "pcns_target_breaker_open",
+            "1 while a target's circuit breaker is open",
+            ["target"],
+            registry=r,
+        )
         self.database_up = Gauge(
             "pcns_database_up", "1 when the last database call succeeded", registry=r
         )

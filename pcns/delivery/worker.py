@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
 
 import asyncpg
 import structlog
@@ -17,6 +18,7 @@ import structlog
 from pcns.config import DeliverySettings
 from pcns.database import UNAVAILABLE_ERRORS, connect
 from pcns.delivery.completer import Completer
+from pcns.delivery.protection import NoSlot, TargetGuard
 from pcns.delivery.retry import GiveUp, RetryPolicy
 from pcns.keys.manager import KeyManager
 from pcns.metrics import Metrics
@@ -24,6 +26,7 @@ from pcns.queue.records import ClaimedDelivery, DeliveryId, Outcome
 from pcns.queue.store import (
     WAKEUP_CHANNEL,
     claim_due_deliveries,
+    defer_target,
     reap_expired_leases,
     release_deliveries,
 )
@@ -41,6 +44,7 @@ class DeliveryWorker:
         url: str,
         keys: KeyManager,
         targets: Mapping[str, Target],
+        guards: Mapping[str, TargetGuard],
         settings: DeliverySettings,
         metrics: Metrics,
     ) -> None:
@@ -48,6 +52,10 @@ class DeliveryWorker:
         self._url = url
         self._keys = keys
         self._targets = targets
+        self._guards = guards
+        self._tasks: set[asyncio.Task[None]] = set()
+        # How long an attempt may wait for a slot or rate token and still finish inside its lease.
+        self._slot_wait = max(1.0, settings.lease - settings.attempt_timeout - 5.0)
         self._settings = settings
         self._metrics = metrics
         self._policy = RetryPolicy(
@@ -149,9 +157,14 @@ class DeliveryWorker:
             self._metrics.failed.labels(d.target, "integrity").inc()
             self._metrics.integrity_failures.labels(d.target).inc()
             return Outcome(d, "failed", f"integrity: {exc}")
+        guard = self._guards.get(d.target)
         try:
-            async with asyncio.timeout(self._settings.attempt_timeout):
-                await adapter.set_password(d.account, Password(plaintext))
+            async with guard.admit(wait=self._slot_wait) if guard else _nothing():
+                async with asyncio.timeout(self._settings.attempt_timeout):
+                    await adapter.set_password(d.account, Password(plaintext))
+        except NoSlot as exc:
+            self._metrics.deferred.labels(d.target).inc()
+            return Outcome(d, "deferred", str(exc), self._defer_delay(guard))
         except PermanentError as exc:
             self._metrics.failed.labels(d.target, "permanent").inc()
             return Outcome(d, "failed", exc.reason)
@@ -164,9 +177,25 @@ class DeliveryWorker:
             return self._transient(d, f"adapter raised {type(exc).__name__}", None)
         finally:
             del plaintext
+        if guard is not None:
+            guard.record_success()
+            self._metrics.breaker_open.labels(d.target).set(0)
         return Outcome(d, "delivered")
 
+    @staticmethod
+    def _defer_delay(guard: TargetGuard | None) -> float:
+        if guard is not None and guard.state == "open":
+            return guard.cooldown
+        return 1.0
+
     def _transient(self, d: ClaimedDelivery, reason: str, retry_after: float | None) -> Outcome:
+        guard = self._guards.get(d.target)
+        if guard is not None and guard.record_transient():
+            # Stop hammering it: hold every pending delivery of this target past the cool-down.
+            self._metrics.breaker_open.labels(d.target).set(1)
+            log.warning("target_breaker_open", target=d.target, cooldown=guard.cooldown)
+            self._background(self._defer_target(d.target, guard.cooldown))
+            retry_after = max(retry_after or 0.0, guard.cooldown)
         decision = self._policy.decide(d.attempts, retry_after=retry_after)
         if isinstance(decision, GiveUp):
             self._metrics.failed.labels(d.target, "max_attempts").inc()
@@ -176,6 +205,19 @@ class DeliveryWorker:
             return Outcome(d, "expired", f"{reason} (next attempt would pass delivery.max_age)")
         self._metrics.retried.labels(d.target).inc()
         return Outcome(d, "pending", reason, decision.delay)
+
+    def _background(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _defer_target(self, target: str, seconds: float) -> None:
+        try:
+            async with self._pool.acquire(timeout=10) as conn:
+                held = await defer_target(conn, target, seconds)
+            log.info("target_deliveries_held", target=target, count=held, seconds=seconds)
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("target_hold_failed", target=target, error=type(exc).__name__)
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new work; polling covers the gaps while this connection is down."""
@@ -215,6 +257,7 @@ class DeliveryWorker:
 
     async def _drain(self) -> None:
         """Shutdown: let in-flight attempts finish for a grace period, release the rest."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if not self._inflight:
             return
         tasks = [task for _, task in self._inflight.values()]
@@ -249,3 +292,8 @@ async def _wait_any(
         for w in waiters:
             w.cancel()
     return stop.is_set()
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield

@@ -72,7 +72,8 @@ class ClaimedDelivery:
         )
 
 
-OutcomeState = Literal["delivered", "failed", "expired", "pending"]
+# "deferred": back to pending without counting the attempt (no slot, breaker open, shutdown).
+OutcomeState = Literal["delivered", "failed", "expired", "pending", "deferred"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,7 +234,8 @@ async def claim_due_deliveries(
 _COMPLETE = """
 UPDATE pcns_deliveries d SET
     state = x.state,
-    last_error = x.error,
+    attempts = d.attempts - CASE WHEN x.deferred THEN 1 ELSE 0 END,
+    last_error = coalesce(x.error, CASE WHEN x.deferred THEN d.last_error END),
     due_at = CASE WHEN x.state = 'pending' THEN now() + make_interval(secs => x.delay)
              ELSE d.due_at END,
     lease_token = NULL,
@@ -243,8 +244,12 @@ UPDATE pcns_deliveries d SET
     ciphertext = CASE WHEN x.state = 'pending' THEN d.ciphertext END,
     finished_at = CASE WHEN x.state = 'pending' THEN NULL ELSE now() END,
     updated_at = now()
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[])
-     AS x(id, token, state, error, delay)
+FROM (
+    SELECT id, token, CASE WHEN state = 'deferred' THEN 'pending' ELSE state END AS state,
+           state = 'deferred' AS deferred, error, delay
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[])
+         AS u(id, token, state, error, delay)
+) AS x
 WHERE d.id = x.id AND d.lease_token = x.token AND d.state = 'in_flight'
 RETURNING d.id, extract(epoch FROM now() - d.created_at)::float8 AS age
 """
@@ -267,6 +272,18 @@ async def complete_deliveries(
         [o.delay for o in outcomes],
     )
     return {DeliveryId(r["id"]): r["age"] for r in rows}
+
+
+_DEFER_TARGET = """
+UPDATE pcns_deliveries SET due_at = now() + make_interval(secs => $2), updated_at = now()
+WHERE target = $1 AND state = 'pending' AND due_at < now() + make_interval(secs => $2)
+"""
+
+
+async def defer_target(conn: asyncpg.Connection, target: str, seconds: float) -> int:
+    """Reschedule a target's pending deliveries past ``seconds`` (breaker open); no attempt used."""
+    done: str = await conn.execute(_DEFER_TARGET, target, seconds)
+    return int(done.split()[-1])
 
 
 _RELEASE = """

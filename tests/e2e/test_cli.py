@@ -180,3 +180,32 @@ async def test_sigterm_releases_unfinished_deliveries(tmp_path: Path, db_url: st
     final = await row()
     assert final == {"state": "pending", "attempts": 0}
     assert "deliveries_released" in (root / "pcns.log").read_text()
+
+
+def test_targets_check(tmp_path: Path) -> None:
+    """`pcns targets check` probes each target without changing a password: a writable
+    htpasswd directory passes, an SQL target whose server is down fails, exit code 1."""
+    files = ServiceFiles(
+        tmp_path / "svc",
+        "postgresql://unused@127.0.0.1:1/x",
+        targets=[
+            {"name": "wiki", "type": "htpasswd", "path": str(tmp_path / "wiki.htpasswd")},
+            {
+                "name": "erp",
+                "type": "sql",
+                "dsn": "postgresql://postgres@127.0.0.1:1/erp",
+                "query": "UPDATE users SET pw = :hash WHERE login = :account",
+                "timeout": 2,
+            },
+        ],
+    )
+    config = str(files.write_config())
+    done = pcns("targets", "check", "--config", config, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "wiki: ok" in done.stdout
+    assert "erp: FAILED" in done.stdout
+    assert not (tmp_path / "wiki.htpasswd").exists()
+    only = pcns("targets", "check", "wiki", "--config", config, cwd=tmp_path)
+    assert only.returncode == 0
+    assert "erp" not in only.stdout
+    assert pcns("targets", "check", "nope", "--config", config, cwd=tmp_path).returncode == 2

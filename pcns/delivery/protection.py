@@ -1,0 +1,130 @@
+"""Per-target protection: a concurrency cap, a rate limit and a circuit breaker.
+
+The breaker stops hammering a target that is down: after ``breaker_threshold`` transient failures
+in a row it opens, and the target's pending deliveries are rescheduled past the cool-down
+without an attempt (so none is burned). When they come due, the first attempt is the probe:
+success closes the breaker, failure opens it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class NoSlot(Exception):
+    """No concurrency slot or rate token became free in time; the delivery goes back unharmed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    max_concurrency: int | None
+    rate_limit: float | None  # deliveries per second
+    breaker_threshold: int
+    breaker_cooldown: float
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+class TargetGuard:
+    """One target's limits and breaker, shared by every attempt in this process."""
+
+    def __init__(self, name: str, protection: Protection) -> None:
+        self.name = name
+        self._p = protection
+        self._slots = (
+            asyncio.Semaphore(protection.max_concurrency) if protection.max_concurrency else None
+        )
+        self._bucket = (
+            TokenBucket(protection.rate_limit, max(1.0, protection.rate_limit))
+            if protection.rate_limit
+            else None
+        )
+        self._failures = 0
+        self._probing = False
+        self.state: BreakerState = "closed"
+        self.open_until = 0.0
+
+    @asynccontextmanager
+    async def admit(self, *, wait: float) -> AsyncIterator[None]:
+        """Hold a concurrency slot and a rate token for one attempt, waiting at most ``wait``.
+
+        While the breaker is half-open only one attempt (the probe) goes through at a time.
+        """
+        if self.is_open():
+            raise NoSlot(f"circuit breaker for target {self.name!r} is open")
+        probe = self.state == "half_open"
+        if probe and self._probing:
+            raise NoSlot(f"circuit breaker for target {self.name!r} is probing")
+        self._probing = self._probing or probe
+        try:
+            async with asyncio.timeout(wait):
+                if self._slots is not None:
+                    await self._slots.acquire()
+        except TimeoutError:
+            if probe:
+                self._probing = False
+            raise NoSlot(f"target {self.name!r} is at its concurrency cap") from None
+        try:
+            if self._bucket is not None:
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._bucket.take()
+                except TimeoutError:
+                    raise NoSlot(f"target {self.name!r} is at its rate limit") from None
+            yield
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+            if probe:
+                self._probing = False
+
+    def is_open(self) -> bool:
+        if self.state == "open" and time.monotonic() >= self.open_until:
+            self.state = "half_open"
+        return self.state == "open"
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self.state = "closed"
+
+    def record_transient(self) -> bool:
+        """Count a transient failure; True when this one opens the breaker."""
+        self._failures += 1
+        if self.state == "half_open" or (
+            self.state == "closed" and self._failures >= self._p.breaker_threshold
+        ):
+            self.state = "open"
+            self.open_until = time.monotonic() + self._p.breaker_cooldown
+            return True
+        return False
+
+    @property
+    def cooldown(self) -> float:
+        return self._p.breaker_cooldown
