@@ -112,6 +112,21 @@ async def rotate(
     return key_id
 
 
+async def ensure_primary(conn: asyncpg.Connection, kek: KekProvider, *, actor: str) -> bool:
+    """Create the first data key when the database has no primary; True if one was created."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.KEY_ADMIN_LOCK)
+        if any(r.state == "primary" for r in await sql.data_keys(conn)):
+            return False
+        key_id = new_key_id()
+        wrapped = await kek.wrap(key_id, secrets.token_bytes(KEY_BYTES))
+        await sql.insert_data_key(conn, key_id, "primary", wrapped)
+        await sql.audit(conn, actor, "create", key_id, {"state": "primary", "kek": kek.name})
+        await sql.notify_keys_changed(conn)
+    log.info("data_key_created", key_id=key_id, kek=kek.name)
+    return True
+
+
 async def load_keyring(pool: asyncpg.Pool, kek: KekProvider) -> Keyring:
     """Every live data key, unwrapped, for a standalone command."""
     async with pool.acquire() as conn:

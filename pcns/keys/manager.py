@@ -16,7 +16,7 @@ from pcns.config import VaultSettings
 from pcns.database import UNAVAILABLE_ERRORS, connect
 from pcns.metrics import Metrics
 from pcns.queue import keys as sql
-from vault import KEY_BYTES, KekError, KekProvider, Keyring, VaultError
+from vault import KekError, KekProvider, Keyring, VaultError
 
 log = structlog.get_logger(__name__)
 
@@ -54,25 +54,13 @@ class KeyManager:
 
     async def load(self) -> None:
         """First load; creates the first data key when the database has none."""
+        from pcns.keys.admin import ensure_primary
+
         async with self._pool.acquire() as conn:
             rows = await sql.data_keys(conn)
             if not any(r.state == "primary" for r in rows):
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.KEY_ADMIN_LOCK)
-                    rows = await sql.data_keys(conn)
-                    if not any(r.state == "primary" for r in rows):
-                        key_id = new_key_id()
-                        wrapped = await self.kek.wrap(key_id, secrets.token_bytes(KEY_BYTES))
-                        await sql.insert_data_key(conn, key_id, "primary", wrapped)
-                        await sql.audit(
-                            conn,
-                            "pcns (first start)",
-                            "create",
-                            key_id,
-                            {"state": "primary", "kek": self.kek.name},
-                        )
-                        log.info("data_key_created", key_id=key_id, kek=self.kek.name)
-                        rows = await sql.data_keys(conn)
+                await ensure_primary(conn, self.kek, actor="pcns (first start)")
+                rows = await sql.data_keys(conn)
         await self._install(rows)
 
     async def refresh(self) -> None:
