@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 import structlog
@@ -20,9 +21,12 @@ _MAX_GROUP = 500
 class Completer:
     """Collects outcomes and records them; keeps retrying while the database is away."""
 
-    def __init__(self, pool: asyncpg.Pool, metrics: Metrics) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, metrics: Metrics, on_recorded: Callable[[], None]
+    ) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._on_recorded = on_recorded
         self._pending: list[Outcome] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -67,6 +71,8 @@ class Completer:
                 log.warning("outcomes_not_recorded", error=type(exc).__name__, count=len(group))
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                 continue
+            # A finished delivery may unblock the next change for the same account: claim now.
+            self._on_recorded()
             for outcome in group:
                 d = outcome.delivery
                 age = ages.get(d.id)

@@ -64,7 +64,7 @@ class DeliveryWorker:
         self._inflight: dict[DeliveryId, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._completer = Completer(pool, metrics)
+        self._completer = Completer(pool, metrics, self._wake.set)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish or release in-flight work."""

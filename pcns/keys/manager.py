@@ -97,10 +97,16 @@ class KeyManager:
         listener = asyncio.create_task(self._listen(stop))
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait(), timeout=self._settings.refresh_interval
-                    )
+                waiters = [asyncio.create_task(e.wait()) for e in (stop, self._changed)]
+                await asyncio.wait(
+                    waiters,
+                    timeout=self._settings.refresh_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for waiter in waiters:
+                    waiter.cancel()
+                if stop.is_set():
+                    break
                 self._changed.clear()
                 await self._tick()
         finally:

@@ -8,7 +8,6 @@ one delivery per (target, account) is ever in flight and an older password never
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -107,33 +106,65 @@ async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange])
     ]
 
 
-_CANDIDATES = """
-SELECT id, target, account FROM pcns_deliveries
-WHERE state = 'pending' AND due_at <= now()
-ORDER BY due_at
-LIMIT $1
-FOR UPDATE SKIP LOCKED
+# Statement 1: lock due candidates and, per (target, account), a transaction-scoped advisory
+# lock. Statement 2 runs after it, so its fresh snapshot sees every claim committed before we
+# took the key locks; it decides each key from that state and applies the decision.
+_LOCK_CANDIDATES = """
+SELECT c.target, c.account
+FROM (
+    SELECT id, target, account FROM pcns_deliveries
+    WHERE state = 'pending' AND due_at <= now()
+    ORDER BY due_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS c
+WHERE pg_try_advisory_xact_lock(hashtextextended(c.target || chr(31) || c.account, 0))
 """
 
-_TRY_KEY_LOCKS = """
-SELECT k FROM unnest($1::bigint[]) AS k WHERE pg_try_advisory_xact_lock(k)
-"""
-
-_KEY_ROWS = """
-SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq, d.due_at <= now() AS due,
-       d.created_at < now() - make_interval(secs => $3) AS too_old
-FROM pcns_deliveries d
-JOIN unnest($1::text[], $2::text[]) AS k(target, account)
-  ON d.target = k.target AND d.account = k.account
-WHERE d.state IN ('pending', 'in_flight', 'delivered', 'failed')
-"""
-
-_APPLY_CLAIM = """
+# Per locked key: nothing while one is in flight (one in flight per account); otherwise claim
+# the newest pending row if due (or expire it when too old) and supersede every older pending
+# row, and supersede all of them when a newer change was already delivered or failed.
+_DECIDE_AND_CLAIM = """
+WITH k AS (
+    SELECT DISTINCT target, account FROM unnest($1::text[], $2::text[]) AS u(target, account)
+), r AS (
+    SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq,
+           d.due_at <= now() AS due,
+           d.created_at < now() - make_interval(secs => $3) AS too_old
+    FROM pcns_deliveries d JOIN k ON d.target = k.target AND d.account = k.account
+    WHERE d.state IN ('pending', 'in_flight', 'delivered', 'failed')
+), a AS (
+    SELECT target, account,
+           bool_or(state = 'in_flight') AS busy,
+           (array_agg(id ORDER BY order_at DESC, seq DESC)
+               FILTER (WHERE state = 'pending'))[1] AS newest_id,
+           (array_agg(order_at ORDER BY order_at DESC, seq DESC)
+               FILTER (WHERE state = 'pending'))[1] AS newest_at,
+           (array_agg(seq ORDER BY order_at DESC, seq DESC)
+               FILTER (WHERE state = 'pending'))[1] AS newest_seq,
+           (array_agg(order_at ORDER BY order_at DESC, seq DESC)
+               FILTER (WHERE state IN ('delivered', 'failed')))[1] AS done_at,
+           (array_agg(seq ORDER BY order_at DESC, seq DESC)
+               FILTER (WHERE state IN ('delivered', 'failed')))[1] AS done_seq
+    FROM r GROUP BY target, account
+), plan AS (
+    SELECT r.id,
+           CASE
+               WHEN a.busy THEN NULL
+               WHEN a.done_at IS NOT NULL
+                    AND (a.done_at, a.done_seq) > (a.newest_at, a.newest_seq) THEN 'superseded'
+               WHEN r.id <> a.newest_id THEN 'superseded'
+               WHEN r.too_old THEN 'expired'
+               WHEN r.due THEN 'in_flight'
+           END AS state
+    FROM r JOIN a ON r.target = a.target AND r.account = a.account
+    WHERE r.state = 'pending'
+)
 UPDATE pcns_deliveries d SET
     state = x.state,
     attempts = d.attempts + CASE WHEN x.state = 'in_flight' THEN 1 ELSE 0 END,
-    lease_token = CASE WHEN x.state = 'in_flight' THEN $3::uuid END,
-    lease_until = CASE WHEN x.state = 'in_flight' THEN now() + make_interval(secs => $4) END,
+    lease_token = CASE WHEN x.state = 'in_flight' THEN $4::uuid END,
+    lease_until = CASE WHEN x.state = 'in_flight' THEN now() + make_interval(secs => $5) END,
     nonce = CASE WHEN x.state = 'in_flight' THEN d.nonce END,
     ciphertext = CASE WHEN x.state = 'in_flight' THEN d.ciphertext END,
     finished_at = CASE WHEN x.state = 'in_flight' THEN NULL ELSE now() END,
@@ -142,39 +173,11 @@ UPDATE pcns_deliveries d SET
         WHEN 'expired' THEN 'older than delivery.max_age'
         ELSE d.last_error END,
     updated_at = now()
-FROM unnest($1::uuid[], $2::text[]) AS x(id, state)
-WHERE d.id = x.id AND d.state = 'pending'
+FROM plan x
+WHERE d.id = x.id AND x.state IS NOT NULL AND d.state = 'pending'
 RETURNING d.id, d.change_id, d.target, d.account, d.attempts, d.key_id, d.nonce, d.ciphertext,
           x.state, extract(epoch FROM now() - d.created_at)::float8 AS age
 """
-
-
-def _key_lock(target: str, account: str) -> int:
-    digest = hashlib.blake2b(f"{target}\x00{account}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _plan_key(rows: list[asyncpg.Record], updates: dict[UUID, str]) -> None:
-    """Decide one (target, account): claim its newest pending row, supersede the older ones."""
-    if any(r["state"] == "in_flight" for r in rows):
-        return  # one in flight per account: the rest wait for it
-    pending = sorted(
-        (r for r in rows if r["state"] == "pending"), key=lambda r: (r["order_at"], r["seq"])
-    )
-    if not pending:
-        return
-    newest = pending[-1]
-    done = [(r["order_at"], r["seq"]) for r in rows if r["state"] in ("delivered", "failed")]
-    if done and max(done) > (newest["order_at"], newest["seq"]):
-        stale = pending  # a newer password was already handled; these must never be written
-    else:
-        stale = pending[:-1]
-        if newest["too_old"]:
-            updates[newest["id"]] = "expired"
-        elif newest["due"]:
-            updates[newest["id"]] = "in_flight"
-    for r in stale:
-        updates[r["id"]] = "superseded"
 
 
 async def claim_due_deliveries(
@@ -186,30 +189,18 @@ async def claim_due_deliveries(
     (``superseded`` / ``expired``) for metrics.
     """
     ended: dict[str, list[str]] = defaultdict(list)
+    token = uuid4()
     async with conn.transaction():
-        candidates = await conn.fetch(_CANDIDATES, limit)
-        if not candidates:
+        locked = await conn.fetch(_LOCK_CANDIDATES, limit)
+        if not locked:
             return [], ended
-        keys = {(r["target"], r["account"]) for r in candidates}
-        by_lock = {_key_lock(*k): k for k in keys}
-        locked = await conn.fetch(_TRY_KEY_LOCKS, list(by_lock))
-        held = [by_lock[r["k"]] for r in locked]
-        if not held:
-            return [], ended
-        rows = await conn.fetch(
-            _KEY_ROWS, [k[0] for k in held], [k[1] for k in held], max_age_seconds
-        )
-        per_key: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
-        for r in rows:
-            per_key[(r["target"], r["account"])].append(r)
-        updates: dict[UUID, str] = {}
-        for key_rows in per_key.values():
-            _plan_key(key_rows, updates)
-        if not updates:
-            return [], ended
-        token = uuid4()
         applied = await conn.fetch(
-            _APPLY_CLAIM, list(updates), list(updates.values()), token, lease_seconds
+            _DECIDE_AND_CLAIM,
+            [r["target"] for r in locked],
+            [r["account"] for r in locked],
+            max_age_seconds,
+            token,
+            lease_seconds,
         )
     claimed = []
     for r in applied:
