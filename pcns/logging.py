@@ -6,8 +6,13 @@ import logging
 import sys
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
+
+
+def _dumps(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=repr).decode()
 
 
 def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> None:
@@ -28,7 +33,7 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> N
                 ExceptionDictTransformer(show_locals=False, use_rich=False)
             )
         )
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

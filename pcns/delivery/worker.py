@@ -53,6 +53,8 @@ class DeliveryWorker:
         self._keys = keys
         self._targets = targets
         self._guards = guards
+        # Bound once: the per-attempt line is on the hot path.
+        self._log = log.bind()
         self._tasks: set[asyncio.Task[None]] = set()
         # How long an attempt may wait for a slot or rate token and still finish inside its lease.
         self._slot_wait = max(1.0, settings.lease - settings.attempt_timeout - 5.0)
@@ -122,7 +124,7 @@ class DeliveryWorker:
         finally:
             self._inflight.pop(delivery.id, None)
             self._slot_freed.set()
-        log.info(
+        self._log.info(
             "delivery_attempt",
             delivery_id=str(delivery.id),
             change_id=str(delivery.change_id),

@@ -49,6 +49,8 @@ class ReceiverContext:
 
 
 CONTEXT = web.AppKey("pcns_context", ReceiverContext)
+# Bound once per application: the per-request line is on the hot path.
+REQUEST_LOG = web.AppKey("pcns_request_log", structlog.typing.FilteringBoundLogger)
 SOURCE = web.RequestKey("pcns_source", str)
 CHANGE_ID = web.RequestKey("pcns_change_id", str)
 
@@ -252,7 +254,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception as exc:  # the last line of defence; no handler should get here
         log.error("http_unhandled_error", path=request.path, error=type(exc).__name__)
         response = problem(500, "internal", "Internal Server Error")
-    log.info(
+    request.app[REQUEST_LOG].info(
         "http_request",
         method=request.method,
         path=request.path if response.status != 404 else "(not found)",
@@ -265,6 +267,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def add_routes(app: web.Application, *, receiver: bool) -> None:
+    app[REQUEST_LOG] = log.bind()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
