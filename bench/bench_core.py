@@ -227,11 +227,16 @@ async def find_postmaster(url: str) -> None:
 
 
 def _postgres_cpu() -> float | None:
-    """CPU seconds of the server under test: its postmaster and every child of it."""
+    """CPU seconds of the server under test: its postmaster and every child of it, including
+    children that have exited (backends of closed connections, autovacuum workers), which the
+    postmaster has reaped into its cutime and cstime."""
     if not POSTMASTER:
         return None
     postmaster = POSTMASTER[0]
-    total = _proc_cpu(postmaster)
+    fields = _proc_stat(postmaster)
+    if fields is None:
+        return None
+    total = sum(int(v) for v in fields[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             fields = _proc_stat(int(entry.name))
@@ -282,7 +287,8 @@ def background_cores(cpu: dict[str, float | None]) -> float | None:
     system, wall = cpu.get("system"), cpu.get("wall")
     if system is None or not wall:
         return None
-    ours = sum(v for k in ("server", "client", "postgres") if (v := cpu.get(k)) is not None)
+    # Every process the benchmark measured (server, client, postgres, or others a caller adds).
+    ours = sum(v for k, v in cpu.items() if k not in ("system", "wall") and v is not None)
     return max(0.0, system - ours) / wall
 
 
@@ -369,9 +375,11 @@ class Databases:
         finally:
             await conn.close()
 
-    async def create(self, label: str) -> str:
+    async def create(self, label: str, *, template: str | None = None) -> str:
+        """A fresh database; ``template``: a copy of that one (by URL), e.g. a prepared backlog."""
         name = f"pcns_bench_{self.token}_{len(self.names)}_{label}"
-        await self._admin(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{urlsplit(template).path.lstrip("/")}"' if template else ""
+        await self._admin(f'CREATE DATABASE "{name}"{copy}')
         self.names.append(name)
         return with_database(self.server_url, name)
 
@@ -567,6 +575,18 @@ async def raw_insert_ceiling(
     return count / elapsed, window.used
 
 
+def closed_loop_spec(files: ServiceFiles, port: int, count: int) -> dict[str, Any]:
+    """The load generator's spec for ``count`` signed POSTs from ``SENDERS`` closed-loop senders
+    (add a ``prefix``, which makes every webhook id and user name of the run unique)."""
+    return {
+        "url": f"http://127.0.0.1:{port}",
+        "secret_file": str(files.secret_file),
+        "senders": SENDERS,
+        "count": count,
+        "mode": "closed",
+    }
+
+
 @dataclass
 class IntakeResult:
     service: list[HttpRun] = field(default_factory=list)
@@ -583,13 +603,7 @@ async def bench_intake(
         url = await dbs.create("intake")
         port = free_port()
         settings = settings_of(files.document(url, port))
-        spec = {
-            "url": f"http://127.0.0.1:{port}",
-            "secret_file": str(files.secret_file),
-            "senders": SENDERS,
-            "count": count,
-            "mode": "closed",
-        }
+        spec = closed_loop_spec(files, port, count)
         async with in_process_service(settings, "receiver"):
 
             async def quiesce(url: str = url) -> None:
@@ -709,28 +723,34 @@ class Drain:
     cpu: dict[str, float | None]
 
 
-async def pcns_drain(dbs: Databases, url: str, settings: Any, n: int) -> Drain:
-    """Start a ``worker`` and time it until ``n`` deliveries are recorded as delivered."""
+def delivered_count(service: Any, target: str) -> float:
+    """The service's own count of deliveries to ``target`` recorded as delivered."""
+    value = service.metrics.registry.get_sample_value(
+        "pcns_deliveries_delivered_total", {"target": target}
+    )
+    return value or 0.0
 
-    def delivered(service: Any) -> float:
-        value = service.metrics.registry.get_sample_value(
-            "pcns_deliveries_delivered_total", {"target": "noop"}
-        )
-        return value or 0.0
+
+async def pcns_drain(
+    dbs: Databases, url: str, settings: Any, n: int, *, target: str = "noop", part: str = "(b)"
+) -> Drain:
+    """Start a ``worker`` and time it until ``n`` deliveries to ``target`` are delivered."""
 
     await dbs.quiesce(url, analyze=True)
     window = CpuWindow()
     window.begin()
     started = time.perf_counter()
     async with in_process_service(settings, "worker") as service:
-        await _wait_until(lambda: delivered(service) >= n, timeout=300, interval=0.002)
+        await _wait_until(
+            lambda: delivered_count(service, target) >= n, timeout=300, interval=0.002
+        )
         elapsed = time.perf_counter() - started
         window.end()
     left = await _count(
         url, "SELECT count(*) FROM pcns_deliveries WHERE state IN ('pending', 'in_flight')"
     )
     if left:
-        print(f"  (b) WARNING: {left} deliveries still open after the drain", file=sys.stderr)
+        print(f"  {part} WARNING: {left} deliveries still open after the drain", file=sys.stderr)
     return Drain(n / elapsed, window.used)
 
 
@@ -1076,10 +1096,15 @@ def _ratio(values: list[float], target: str) -> str:
     return f"{statistics.median(values):8.2f} x{spread}   (target {target})"
 
 
-def _cpu_line(label: str, cpus: list[dict[str, float | None]], n: int) -> str:
+def _cpu_line(
+    label: str,
+    cpus: list[dict[str, float | None]],
+    n: int,
+    kinds: tuple[str, ...] = ("server", "client", "postgres"),
+) -> str:
     """Median CPU milliseconds per 1000 items, per process kind."""
     parts = []
-    for key in ("server", "client", "postgres"):
+    for key in kinds:
         values = [v for c in cpus if (v := c.get(key)) is not None]
         if values:
             parts.append(f"{key} {statistics.median(values) * 1e6 / n:4.0f}")
@@ -1213,12 +1238,17 @@ def print_table(rows: list[Row], notes: list[str]) -> None:
         print(note)
 
 
-async def main(args: argparse.Namespace) -> None:
+@contextlib.asynccontextmanager
+async def bench_environment(
+    args: argparse.Namespace,
+) -> AsyncIterator[tuple[Databases, ServiceFiles, str]]:
+    """What every benchmark script runs in: scratch databases on ``args.database_url`` (all
+    dropped on exit), the service's files in a temporary directory, the service's JSON log lines
+    going to a file there, and the PostgreSQL server found for CPU accounting. Yields the
+    databases, the files and one line of machine facts for the report."""
     from pcns.logging import configure_logging
 
     dbs = Databases(args.database_url, max_background=args.max_background)
-    rows: list[Row] = []
-    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pcns-bench-") as tmp:
         files = ServiceFiles(Path(tmp))
         with (Path(tmp) / "service.log").open("w", encoding="utf-8") as log_fh:
@@ -1230,37 +1260,44 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await conn.close()
             await find_postmaster(args.database_url)
-            notes.append(
+            facts = (
                 f"PostgreSQL {pg_version}, {os.cpu_count()} CPUs, Python "
-                f"{sys.version.split()[0]}, load average at start {os.getloadavg()[0]:.2f}; "
-                f"medians of {args.rounds} interleaved round(s) [min..max]."
+                f"{sys.version.split()[0]}, load average at start {os.getloadavg()[0]:.2f}"
             )
             try:
-                if "a" in args.parts:
-                    _progress("(a) intake throughput")
-                    a = await bench_intake(dbs, files, count=args.changes, rounds=args.rounds)
-                    _extend(rows, notes, intake_rows(a, args.changes))
-                if "b" in args.parts:
-                    _progress("(b) delivery throughput")
-                    b = await bench_delivery(
-                        dbs,
-                        files,
-                        count=args.deliveries,
-                        rounds=args.rounds,
-                        workers=args.workers,
-                        batch=args.batch,
-                    )
-                    _extend(rows, notes, delivery_rows(b, args))
-                if "c" in args.parts:
-                    _progress("(c) accept-to-delivered latency")
-                    c = await bench_latency(dbs, files, rate=args.rate, duration=args.duration)
-                    _extend(rows, notes, latency_rows(c))
-                if "d" in args.parts:
-                    _progress("(d) memory")
-                    mem = await bench_memory(dbs, files, backlog=args.backlog, settle=args.settle)
-                    _extend(rows, notes, memory_rows(mem))
+                yield dbs, files, facts
             finally:
                 await dbs.drop_all()
+
+
+async def main(args: argparse.Namespace) -> None:
+    rows: list[Row] = []
+    notes: list[str] = []
+    async with bench_environment(args) as (dbs, files, facts):
+        notes.append(f"{facts}; medians of {args.rounds} interleaved round(s) [min..max].")
+        if "a" in args.parts:
+            _progress("(a) intake throughput")
+            a = await bench_intake(dbs, files, count=args.changes, rounds=args.rounds)
+            _extend(rows, notes, intake_rows(a, args.changes))
+        if "b" in args.parts:
+            _progress("(b) delivery throughput")
+            b = await bench_delivery(
+                dbs,
+                files,
+                count=args.deliveries,
+                rounds=args.rounds,
+                workers=args.workers,
+                batch=args.batch,
+            )
+            _extend(rows, notes, delivery_rows(b, args))
+        if "c" in args.parts:
+            _progress("(c) accept-to-delivered latency")
+            c = await bench_latency(dbs, files, rate=args.rate, duration=args.duration)
+            _extend(rows, notes, latency_rows(c))
+        if "d" in args.parts:
+            _progress("(d) memory")
+            mem = await bench_memory(dbs, files, backlog=args.backlog, settle=args.settle)
+            _extend(rows, notes, memory_rows(mem))
     print_table(rows, notes)
 
 
@@ -1282,16 +1319,14 @@ def _pgqueuer_version() -> str:
         return "?"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """``--database-url`` and ``--max-background``, which every benchmark script takes."""
     p.add_argument(
         "--database-url",
         default=os.environ.get("PCNS_BENCH_DATABASE_URL", DEFAULT_URL),
         help="a server where scratch databases may be created (default: $PCNS_BENCH_DATABASE_URL "
         f"or {DEFAULT_URL})",
     )
-    p.add_argument("--parts", default="abcd", help="which parts to run (default: abcd)")
-    p.add_argument("--quick", action="store_true", help="a short smoke run of every part")
     p.add_argument(
         "--max-background",
         type=float,
@@ -1299,6 +1334,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="before each timed window, wait (up to 60 s) until other processes use less than "
         "CORES of CPU; for shared machines (default: do not wait)",
     )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_common_arguments(p)
+    p.add_argument("--parts", default="abcd", help="which parts to run (default: abcd)")
+    p.add_argument("--quick", action="store_true", help="a short smoke run of every part")
     p.add_argument("--rounds", type=int, help="rounds of (a) and (b), median reported (3)")
     p.add_argument("--changes", type=int, help="(a) signed POSTs per timed run (5000)")
     p.add_argument("--deliveries", type=int, help="(b) deliveries drained per run (5000)")
