@@ -72,10 +72,11 @@ class TargetGuard:
         self.open_until = 0.0
 
     @asynccontextmanager
-    async def admit(self, *, wait: float) -> AsyncIterator[None]:
+    async def admit(self, *, wait: float) -> AsyncIterator[bool]:
         """Hold a concurrency slot and a rate token for one attempt, waiting at most ``wait``.
 
-        While the breaker is half-open only one attempt (the probe) goes through at a time.
+        While the breaker is half-open only one attempt (the probe) goes through at a time;
+        the context value says whether this attempt is that probe.
         """
         if self.is_open():
             raise NoSlot(f"circuit breaker for target {self.name!r} is open")
@@ -98,7 +99,7 @@ class TargetGuard:
                         await self._bucket.take()
                 except TimeoutError:
                     raise NoSlot(f"target {self.name!r} is at its rate limit") from None
-            yield
+            yield probe
         finally:
             if self._slots is not None:
                 self._slots.release()

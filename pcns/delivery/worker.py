@@ -160,8 +160,9 @@ class DeliveryWorker:
             self._metrics.integrity_failures.labels(d.target).inc()
             return Outcome(d, "failed", f"integrity: {exc}")
         guard = self._guards.get(d.target)
+        probe = False
         try:
-            async with guard.admit(wait=self._slot_wait) if guard else _nothing():
+            async with guard.admit(wait=self._slot_wait) if guard else _nothing() as probe:
                 async with asyncio.timeout(self._settings.attempt_timeout):
                     await adapter.set_password(d.account, Password(plaintext))
         except NoSlot as exc:
@@ -171,12 +172,12 @@ class DeliveryWorker:
             self._metrics.failed.labels(d.target, "permanent").inc()
             return Outcome(d, "failed", exc.reason)
         except TransientError as exc:
-            return self._transient(d, exc.reason, exc.retry_after)
+            return self._transient(d, exc.reason, exc.retry_after, probe=probe)
         except TimeoutError:
-            return self._transient(d, "attempt timed out", None)
+            return self._transient(d, "attempt timed out", None, probe=probe)
         except Exception as exc:  # an adapter bug must not kill the worker or lose the change
             log.error("adapter_error", target=d.target, error=type(exc).__name__)
-            return self._transient(d, f"adapter raised {type(exc).__name__}", None)
+            return self._transient(d, f"adapter raised {type(exc).__name__}", None, probe=probe)
         finally:
             del plaintext
         if guard is not None:
@@ -190,7 +191,9 @@ class DeliveryWorker:
             return guard.cooldown
         return 1.0
 
-    def _transient(self, d: ClaimedDelivery, reason: str, retry_after: float | None) -> Outcome:
+    def _transient(
+        self, d: ClaimedDelivery, reason: str, retry_after: float | None, *, probe: bool = False
+    ) -> Outcome:
         guard = self._guards.get(d.target)
         if guard is not None and guard.record_transient():
             # Stop hammering it: hold every pending delivery of this target past the cool-down.
@@ -198,6 +201,14 @@ class DeliveryWorker:
             log.warning("target_breaker_open", target=d.target, cooldown=guard.cooldown)
             self._background(self._defer_target(d.target, guard.cooldown))
             retry_after = max(retry_after or 0.0, guard.cooldown)
+            if probe:
+                # A failed probe says the target is still down: it costs no attempt, so a
+                # target that is down for hours cannot exhaust max_attempts (max_age still ends
+                # the wait).
+                if d.age_seconds + guard.cooldown > self._settings.max_age:
+                    self._metrics.ended.labels(d.target, "expired").inc()
+                    return Outcome(d, "expired", f"{reason} (target still down at max_age)")
+                return Outcome(d, "deferred", f"{reason} (circuit breaker open)", guard.cooldown)
         decision = self._policy.decide(d.attempts, retry_after=retry_after)
         if isinstance(decision, GiveUp):
             self._metrics.failed.labels(d.target, "max_attempts").inc()
@@ -297,5 +308,5 @@ async def _wait_any(
 
 
 @asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield
+async def _nothing() -> AsyncIterator[bool]:
+    yield False
