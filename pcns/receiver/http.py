@@ -134,14 +134,15 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
             "the change was not stored; send it again later",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
-    if response == change.response:
+    replayed = response != change.response
+    if not replayed:
         ctx.metrics.accepted.labels(source).inc()
         for d in change.deliveries:
             if d.failed_reason is not None:
                 ctx.metrics.failed.labels(d.target, "account_template").inc()
     else:
         ctx.metrics.replayed.labels(source).inc()
-    request[CHANGE_ID] = json.loads(response)["id"]
+    request[CHANGE_ID] = json.loads(response)["id"] if replayed else str(change.id)
     return web.Response(status=202, text=response, content_type="application/json")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import orjson
 
 from pcns.ids import uuid7
 from pcns.queue.records import ChangeId, DeliveryId, NewChange, NewDelivery
@@ -30,12 +30,12 @@ def build_change(
             continue
         ad = AssociatedData(str(delivery_id), str(change_id), route.target, account)
         deliveries.append(NewDelivery(delivery_id, route.target, account, seal(keys, password, ad)))
-    response = json.dumps(
+    response = orjson.dumps(
         {
             "id": str(change_id),
             "deliveries": [{"target": d.target, "state": d.state} for d in deliveries],
         }
-    )
+    ).decode()
     return NewChange(
         id=change_id,
         source=source,
