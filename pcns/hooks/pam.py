@@ -3,7 +3,9 @@
 pam_exec runs the command once per password change, in the ``PAM_UPDATE_AUTHTOK`` phase (it
 skips ``PAM_PRELIM_CHECK``), with ``PAM_TYPE=password`` and ``PAM_USER`` in the environment and
 the new password on stdin followed by one NUL byte (at most ``PAM_MAX_RESP_SIZE`` bytes of it).
-A person testing the hook by hand types it with a newline instead; both are accepted.
+A person testing the hook by hand types it with a newline instead; both are accepted. pam_exec
+exposes the token on the password stack only from Linux-PAM 1.6.0 on (Debian 12's 1.5.2 leaves
+stdin empty: checked with pamtester).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def read_authtok(data: bytes) -> str:
     elif data.endswith(b"\n"):
         data = data[:-1]
     if not data:
-        raise PamInputError("no password on stdin (pam_exec needs expose_authtok)")
+        # Linux-PAM before 1.6.0 exposes the token only on the auth stack: stdin stays empty.
+        raise PamInputError(
+            "no password on stdin: needs pam_exec expose_authtok, on the password stack "
+            "from Linux-PAM 1.6.0 on"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+from pathlib import Path
 
 import pytest
 
+from pcns.errors import ConfigError
+from pcns.hooks.config import load_hook_settings
 from pcns.hooks.samba import AccountRecord, LdifRecordError, parse_record, sid_to_string
 
 SECRET = b"s" * 32
@@ -187,3 +190,20 @@ def test_guid_names_the_account_across_renames() -> None:
     old = AccountRecord(dn="CN=a", user="alice", guid=GUID, key_version=2, pwd_last_set=1)
     new = AccountRecord(dn="CN=b", user="alice2", guid=GUID, key_version=2, pwd_last_set=1)
     assert old.webhook_id(SECRET) == new.webhook_id(SECRET)
+
+
+@pytest.mark.parametrize("name", ["samba/samba-hook.toml", "pam/pam-hook.toml"])
+def test_deploy_examples_are_valid_hook_configs(name: str) -> None:
+    """The example hook configs in deploy/ load as they are."""
+    settings = load_hook_settings(Path(__file__).parents[2] / "deploy" / name)
+    assert settings.url.startswith("https://")
+
+
+def test_plain_http_only_to_loopback(tmp_path: Path) -> None:
+    """The body carries the password: http:// is refused unless pcns is on loopback."""
+    path = tmp_path / "hook.toml"
+    path.write_text('url = "http://pcns.corp.example"\nsource = "dc01"\nsecret_file = "x"\n')
+    with pytest.raises(ConfigError, match=r"url: .*https"):
+        load_hook_settings(path)
+    path.write_text('url = "http://127.0.0.1:8080/"\nsource = "dc01"\nsecret_file = "x"\n')
+    assert load_hook_settings(path).url == "http://127.0.0.1:8080"
