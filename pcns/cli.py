@@ -1,4 +1,4 @@
-"""``pcns``: serve, db migrate, keys, notify, status."""
+"""``pcns``: serve, db migrate, keys, hook, notify, status."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import aiohttp
 from pcns.config import Settings, load_settings
 from pcns.database import UNAVAILABLE_ERRORS
 from pcns.errors import PcnsError
+from pcns.hooks import cli as hooks_cli
 from pcns.keys import cli as keys_cli
 from pcns.keys.admin import KeyAdminError
 from pcns.logging import configure_logging
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--config", type=Path, required=True)
 
     keys_cli.add_parser(sub)
+    hooks_cli.add_parser(sub)
 
     targets = sub.add_parser("targets", help="target applications")
     targets_sub = targets.add_subparsers(dest="targets_command", required=True)
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_migrate(load_settings(args.config)))
         if args.command == "keys":
             return asyncio.run(keys_cli.run(args))
+        if args.command == "hook":
+            return asyncio.run(hooks_cli.run(args))
         if args.command == "targets":
             return asyncio.run(_targets_check(load_settings(args.config), args.name))
         if args.command == "notify":

@@ -41,7 +41,11 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> N
         cache_logger_on_first_use=False,
     )
     # Libraries that log through the standard library (aiohttp, asyncpg) go to the same stream
-    # as plain lines without their arguments' repr of request bodies.
+    # as plain lines without their arguments' repr of request bodies. ``force`` lets a command
+    # move them (``pcns hook samba`` holds every line back until its answer line is out).
     logging.basicConfig(
-        stream=out, level=logging.WARNING, format="%(levelname)s %(name)s %(message)s"
+        stream=out,
+        level=logging.WARNING,
+        format="%(levelname)s %(name)s %(message)s",
+        force=True,
     )

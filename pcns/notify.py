@@ -6,6 +6,8 @@ same webhook-id, so the receiver dedupes a resend; any other answer is final.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import ssl
 import time
@@ -22,6 +24,22 @@ from tenacity import (
 )
 
 from pcns.receiver.signature import sign
+
+
+def stable_webhook_id(secret: bytes, *parts: str | bytes) -> str:
+    """A webhook-id that is the same for the same ``parts`` and unguessable without ``secret``.
+
+    A hook that may be asked to send one change twice (a restart replays it) derives the id from
+    what identifies the change, so pcns dedupes the resend. The parts are length-prefixed, so no
+    two different lists give the same input; the key is derived from the source secret, so an id
+    reveals nothing about its parts to anyone without that secret.
+    """
+    key = hmac.new(secret, b"pcns webhook-id v1", hashlib.sha256).digest()
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        mac.update(len(data).to_bytes(4, "big") + data)
+    return "pcns_" + mac.hexdigest()[:40]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""The hook's own small TOML file: where pcns is, which source this is, where its secret lives.
+
+The secret itself is only ever read from ``secret_file`` (mode 0600), never from a command line,
+where every local user could read it in the process list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pcns.config import Duration, format_validation_error
+from pcns.errors import ConfigError
+
+_NAME = r"^[^\x00-\x1f\x7f]{1,256}$"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HookSettings(BaseModel):
+    """``url``, ``source`` and ``secret_file`` are required; the rest has defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="pcns receiver base URL, e.g. https://pcns.corp.example:8443")
+    source: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    secret_file: Path
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    domain: str | None = Field(default=None, pattern=_NAME)
+    timeout: Duration = Field(default=10.0, gt=0)
+    retry_for: Duration = Field(default=60.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _https_off_loopback(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            # The body carries the password: in clear only over loopback.
+            raise ValueError("must use https:// unless the receiver is on loopback")
+        return value.rstrip("/")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """System CAs plus ``ca_file``; a client certificate when the receiver wants mutual TLS."""
+        if self.ca_file is None and self.cert_file is None:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+def load_hook_settings(path: Path) -> HookSettings:
+    """Read and validate; :class:`ConfigError` names the key and never echoes a value."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"hook config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"hook config {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"hook config {path} cannot be read: {exc.strerror}") from None
+    try:
+        return HookSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"hook config {path}: {format_validation_error(exc)}") from None
