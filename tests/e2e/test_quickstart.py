@@ -4,6 +4,7 @@ the quickstart config starts an embedded PostgreSQL; `pcns notify` is accepted a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,4 +49,7 @@ def test_quickstart_serves_on_embedded_postgres(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
     log = (tmp_path / "pcns.log").read_text()
     assert "embedded_postgres_stopped" in log
-    assert '"outcome": "delivered"' in log
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert {"event": "delivery_attempt", "outcome": "delivered"}.items() <= next(
+        e for e in events if e["event"] == "delivery_attempt"
+    ).items()
