@@ -170,6 +170,7 @@ class DeliverySettings(_Section):
     shutdown_grace: Duration = 10.0
     poll_interval: Duration = 1.0
     claim_batch: int = Field(default=64, ge=1, le=1000)
+    claimers: int = Field(default=2, ge=1, le=16)
 
     @model_validator(mode="after")
     def _ordered(self) -> DeliverySettings:

@@ -64,6 +64,7 @@ class DeliveryWorker:
             settings.max_attempts, settings.backoff_initial, settings.backoff_max
         )
         self._inflight: dict[DeliveryId, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
+        self._reserved = 0  # slots promised to claims still on their way back
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._completer = Completer(pool, metrics, self._wake.set)
@@ -76,7 +77,11 @@ class DeliveryWorker:
                 asyncio.create_task(self._reap(stop), name="pcns-reap"),
             ]
             try:
-                await self._claim_loop(stop)
+                # Several claimers overlap their round trips to PostgreSQL; they share the
+                # worker slots, so together they never hold more than `workers` deliveries.
+                await asyncio.gather(
+                    *(self._claim_loop(stop) for _ in range(self._settings.claimers))
+                )
             finally:
                 for task in helpers:
                     task.cancel()
@@ -87,17 +92,18 @@ class DeliveryWorker:
         s = self._settings
         failures = 0
         while not stop.is_set():
-            free = s.workers - len(self._inflight)
-            if free <= 0:
+            limit = min(s.workers - len(self._inflight) - self._reserved, s.claim_batch)
+            if limit <= 0:
                 self._slot_freed.clear()
                 await _wait_any(stop, self._slot_freed, timeout=s.poll_interval)
                 continue
             self._wake.clear()
+            self._reserved += limit
             try:
                 async with self._pool.acquire(timeout=10) as conn:
                     claimed, ended = await claim_due_deliveries(
                         conn,
-                        limit=min(free, s.claim_batch),
+                        limit=limit,
                         lease_seconds=s.lease,
                         max_age_seconds=s.max_age,
                     )
@@ -107,13 +113,15 @@ class DeliveryWorker:
                 log.warning("claim_failed", error=type(exc).__name__, consecutive=failures)
                 await _wait_any(stop, timeout=min(s.poll_interval * 2**failures, 30.0))
                 continue
+            finally:
+                self._reserved -= limit
             for target, states in ended.items():
                 for state in states:
                     self._metrics.ended.labels(target, state).inc()
             for delivery in claimed:
                 task = asyncio.create_task(self._attempt(delivery))
                 self._inflight[delivery.id] = (delivery, task)
-            if len(claimed) < min(free, s.claim_batch):
+            if len(claimed) < limit:
                 # The queue had nothing more due: sleep until a NOTIFY, the poll, or stop.
                 await _wait_any(stop, self._wake, timeout=s.poll_interval)
 

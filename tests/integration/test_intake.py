@@ -233,3 +233,31 @@ async def test_health_readiness_and_metrics(
     assert 'pcns_changes_rejected_total{reason="unknown_source"} 1.0' in text
     assert 'pcns_changes_accepted_total{source="dc01"} 1.0' in text
     assert SENTINEL not in text
+
+
+async def test_queue_depth_and_age_metrics(files: ServiceFiles) -> None:
+    """With no worker running, queued deliveries show up as depth and oldest-pending age."""
+    from pcns.app import running_service
+    from tests.support import eventually
+
+    async with (
+        running_service(files.settings(), role="receiver"),
+        aiohttp.ClientSession() as session,
+    ):
+        client = Client(files, session)
+        for user in ("alice", "bob", "carol"):
+            await client.send(user, SENTINEL)
+
+        async def depth_seen() -> str | None:
+            async with session.get(files.url + "/metrics") as r:
+                text = await r.text()
+            return text if 'pcns_queue_depth{state="pending",target="wiki"} 3.0' in text else None
+
+        text = await eventually(depth_seen, timeout=15)
+    assert 'pcns_queue_depth{state="in_flight",target="wiki"} 0.0' in text
+    age = next(
+        line
+        for line in text.splitlines()
+        if line.startswith('pcns_queue_oldest_pending_seconds{target="wiki"}')
+    )
+    assert float(age.split()[-1]) > 0
