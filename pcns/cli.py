@@ -20,6 +20,7 @@ from pcns.hooks import cli as hooks_cli
 from pcns.keys import cli as keys_cli
 from pcns.keys.admin import KeyAdminError
 from pcns.logging import configure_logging
+from pcns.notify import client_ssl_context
 from pcns.secret_files import (
     new_admin_token,
     new_webhook_secret,
@@ -230,15 +231,7 @@ def _receiver_url(settings: Settings) -> str:
 
 
 def _ssl_context(args: argparse.Namespace) -> Any:
-    """TLS settings for talking to the receiver: CA bundle and, for mTLS, a client certificate."""
-    if args.ca_file is None and args.cert is None:
-        return None
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=str(args.ca_file) if args.ca_file else None)
-    if args.cert is not None:
-        ctx.load_cert_chain(args.cert, args.key)
-    return ctx
+    return client_ssl_context(args.ca_file, args.cert, args.key)
 
 
 async def _notify(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -114,3 +115,16 @@ class Sender:
         except json.JSONDecodeError:
             parsed = {"detail": "response was not JSON"}
         return NotifyResult(status, parsed if isinstance(parsed, dict) else {})
+
+
+def client_ssl_context(
+    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext | None:
+    """TLS for talking to the receiver: system CAs plus ``ca_file``, and a client certificate
+    when the receiver wants mutual TLS. None when neither is configured."""
+    if ca_file is None and cert_file is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if cert_file is not None:
+        ctx.load_cert_chain(cert_file, key_file)
+    return ctx

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pcns.config import Duration, format_validation_error
+from pcns.config import Duration, format_validation_error, read_toml
 from pcns.errors import ConfigError
+from pcns.notify import client_ssl_context
 
 _NAME = r"^[^\x00-\x1f\x7f]{1,256}$"
 
@@ -57,25 +57,12 @@ class HookSettings(BaseModel):
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """System CAs plus ``ca_file``; a client certificate when the receiver wants mutual TLS."""
-        if self.ca_file is None and self.cert_file is None:
-            return None
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        if self.cert_file is not None:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        return ctx
+        return client_ssl_context(self.ca_file, self.cert_file, self.key_file)
 
 
 def load_hook_settings(path: Path) -> HookSettings:
     """Read and validate; :class:`ConfigError` names the key and never echoes a value."""
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"hook config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"hook config {path} is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"hook config {path} cannot be read: {exc.strerror}") from None
+    data = read_toml(path, "hook config")
     try:
         return HookSettings(**data)
     except ValidationError as exc:
