@@ -637,10 +637,10 @@ async def bench_intake(
     return out
 
 
-async def _count(url: str, query: str) -> int:
+async def _count(url: str, query: str, *args: Any) -> int:
     conn = await asyncpg.connect(url)
     try:
-        value: int = await conn.fetchval(query)
+        value: int = await conn.fetchval(query, *args)
         return value
     finally:
         await conn.close()
@@ -1146,12 +1146,16 @@ def intake_rows(a: IntakeResult, n: int) -> tuple[list[Row], list[str]]:
         _cpu_line("raw INSERT", a.raw_cpu, n) + "  (server = the asyncpg client)",
         f"    other processes on the machine meanwhile: {_background(every)} cores (median)",
     ]
-    bad: Counter[str] = Counter()
-    for r in a.service:
-        bad.update({k: v for k, v in r.statuses.items() if k != "202"})
-    if bad:
-        notes.append(f"(a) WARNING: answers other than 202 from pcns: {dict(bad)}")
+    notes += answers_warning("(a)", a.service, " from pcns")
     return rows, notes
+
+
+def answers_warning(part: str, runs: list[HttpRun], whose: str = "") -> list[str]:
+    """A report note for every answer other than 202 over ``runs``, if there was any."""
+    bad: Counter[str] = Counter()
+    for r in runs:
+        bad.update({k: v for k, v in r.statuses.items() if k != "202"})
+    return [f"{part} WARNING: answers other than 202{whose}: {dict(bad)}"] if bad else []
 
 
 def delivery_rows(b: DeliveryResult, args: argparse.Namespace) -> tuple[list[Row], list[str]]:
@@ -1270,35 +1274,56 @@ async def bench_environment(
                 await dbs.drop_all()
 
 
-async def main(args: argparse.Namespace) -> None:
+Part = tuple[str, str, Callable[[Databases, ServiceFiles], Awaitable[tuple[list[Row], list[str]]]]]
+
+
+async def run_parts(args: argparse.Namespace, parts: list[Part], how: str) -> None:
+    """Run each ``(key, title, part)`` whose key is in ``args.parts`` inside one
+    :func:`bench_environment`, then print every part's rows and notes as one table, headed by
+    the machine facts and ``how`` (how the values were aggregated)."""
     rows: list[Row] = []
     notes: list[str] = []
     async with bench_environment(args) as (dbs, files, facts):
-        notes.append(f"{facts}; medians of {args.rounds} interleaved round(s) [min..max].")
-        if "a" in args.parts:
-            _progress("(a) intake throughput")
-            a = await bench_intake(dbs, files, count=args.changes, rounds=args.rounds)
-            _extend(rows, notes, intake_rows(a, args.changes))
-        if "b" in args.parts:
-            _progress("(b) delivery throughput")
-            b = await bench_delivery(
-                dbs,
-                files,
-                count=args.deliveries,
-                rounds=args.rounds,
-                workers=args.workers,
-                batch=args.batch,
-            )
-            _extend(rows, notes, delivery_rows(b, args))
-        if "c" in args.parts:
-            _progress("(c) accept-to-delivered latency")
-            c = await bench_latency(dbs, files, rate=args.rate, duration=args.duration)
-            _extend(rows, notes, latency_rows(c))
-        if "d" in args.parts:
-            _progress("(d) memory")
-            mem = await bench_memory(dbs, files, backlog=args.backlog, settle=args.settle)
-            _extend(rows, notes, memory_rows(mem))
+        notes.append(f"{facts}; {how}")
+        for key, title, part in parts:
+            if key in args.parts:
+                _progress(title)
+                _extend(rows, notes, await part(dbs, files))
     print_table(rows, notes)
+
+
+async def main(args: argparse.Namespace) -> None:
+    async def intake(dbs: Databases, files: ServiceFiles) -> tuple[list[Row], list[str]]:
+        a = await bench_intake(dbs, files, count=args.changes, rounds=args.rounds)
+        return intake_rows(a, args.changes)
+
+    async def delivery(dbs: Databases, files: ServiceFiles) -> tuple[list[Row], list[str]]:
+        b = await bench_delivery(
+            dbs,
+            files,
+            count=args.deliveries,
+            rounds=args.rounds,
+            workers=args.workers,
+            batch=args.batch,
+        )
+        return delivery_rows(b, args)
+
+    async def latency(dbs: Databases, files: ServiceFiles) -> tuple[list[Row], list[str]]:
+        return latency_rows(await bench_latency(dbs, files, rate=args.rate, duration=args.duration))
+
+    async def memory(dbs: Databases, files: ServiceFiles) -> tuple[list[Row], list[str]]:
+        return memory_rows(await bench_memory(dbs, files, backlog=args.backlog, settle=args.settle))
+
+    await run_parts(
+        args,
+        [
+            ("a", "(a) intake throughput", intake),
+            ("b", "(b) delivery throughput", delivery),
+            ("c", "(c) accept-to-delivered latency", latency),
+            ("d", "(d) memory", memory),
+        ],
+        f"medians of {args.rounds} interleaved round(s) [min..max].",
+    )
 
 
 def _progress(message: str) -> None:
@@ -1319,8 +1344,10 @@ def _pgqueuer_version() -> str:
         return "?"
 
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """``--database-url`` and ``--max-background``, which every benchmark script takes."""
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark script takes: ``--database-url`` and
+    ``--max-background``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--database-url",
         default=os.environ.get("PCNS_BENCH_DATABASE_URL", DEFAULT_URL),
@@ -1334,11 +1361,19 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
         help="before each timed window, wait (up to 60 s) until other processes use less than "
         "CORES of CPU; for shared machines (default: do not wait)",
     )
+    return p
+
+
+def with_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse.Namespace:
+    """Fill in every option left unset (None) from ``defaults``, which may depend on --quick."""
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_common_arguments(p)
+    p = benchmark_parser(__doc__)
     p.add_argument("--parts", default="abcd", help="which parts to run (default: abcd)")
     p.add_argument("--quick", action="store_true", help="a short smoke run of every part")
     p.add_argument("--rounds", type=int, help="rounds of (a) and (b), median reported (3)")
@@ -1360,10 +1395,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "backlog": 20_000 if quick else 100_000,
         "settle": 6.0 if quick else 8.0,
     }
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return with_defaults(args, defaults)
 
 
 if __name__ == "__main__":
