@@ -6,9 +6,9 @@
      ``users`` table in a scratch database, ``UPDATE users SET pw = :hash WHERE login =
      :account``) with the service's default delivery settings (role ``worker``), against N
      argon2id hashes computed alone with the same parallelism: ``delivery.workers`` (8)
-     coroutines, each awaiting ``asyncio.to_thread(hash_password, ...)``, which is how
-     ``targets.hashing.hash_password_async`` dispatches, on the same event loop and so the same
-     default thread pool (``min(32, cpus + 4)`` threads). A single thread's rate is shown too.
+     coroutines, each awaiting ``targets.hashing.hash_password_async`` on the same event loop
+     and so the same hashing pool (one thread per core, below the event loop's priority). A
+     single thread's rate is shown too.
 (ii) accepted changes/s through the signed HTTP API (the load of bench_core (a)) while that target
      is busy hashing a backlog (role ``all``), against the rate with nothing being delivered
      (role ``receiver``, same configuration and queue). For information: role ``all`` with the
@@ -63,7 +63,7 @@ from bench.bench_core import (
 )
 
 WORKERS = 8  # DeliverySettings().workers, the default the service runs with
-EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor size
+EXECUTOR_THREADS = os.cpu_count() or 1  # targets.hashing's pool: one thread per core
 TARGET = "app"
 QUERY = "UPDATE users SET pw = :hash WHERE login = :account"
 NOOP_DELAY = 0.1  # (ii) control: 8 workers x 0.1 s ~ 80 deliveries/s, about argon2id's rate here
@@ -104,13 +104,13 @@ async def backlog_template(dbs: Databases, files: ServiceFiles, n: int, label: s
 
 
 async def hashes_alone(n: int, concurrency: int, *, own_thread: bool = False) -> Drain:
-    """``n`` argon2id hashes of the benchmark's passwords, ``concurrency`` at a time, each in
-    ``asyncio.to_thread`` as ``hash_password_async`` does (or, with ``own_thread``, all on a
-    single thread: one core's rate)."""
+    """``n`` argon2id hashes of the benchmark's passwords, ``concurrency`` at a time, each through
+    ``hash_password_async`` (the service's hashing pool, one thread per core), or, with
+    ``own_thread``, all on a single thread: one core's rate."""
     from concurrent.futures import ThreadPoolExecutor
 
     from targets.base import Password
-    from targets.hashing import hash_password
+    from targets.hashing import hash_password, hash_password_async
 
     passwords = iter(range(n))
     single = ThreadPoolExecutor(max_workers=1) if own_thread else None
@@ -120,7 +120,7 @@ async def hashes_alone(n: int, concurrency: int, *, own_thread: bool = False) ->
         for i in passwords:
             password = Password(f"{PASSWORD}{i}")
             if single is None:
-                await asyncio.to_thread(hash_password, "argon2id", password)
+                await hash_password_async("argon2id", password)
             else:
                 await loop.run_in_executor(single, hash_password, "argon2id", password)
 
@@ -297,7 +297,7 @@ def hashing_rows(i: HashingResult, n: int) -> tuple[list[Row], list[str]]:
         ),
         (
             "(i)",
-            f"argon2id hashes/s alone, {WORKERS} in flight, to_thread ({EXECUTOR_THREADS} threads)",
+            f"argon2id hashes/s alone, {WORKERS} in flight, pool of {EXECUTOR_THREADS} threads",
             _per_s([a.rate for a in i.alone], "hashes"),
         ),
         (

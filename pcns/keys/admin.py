@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
@@ -150,12 +150,16 @@ async def rewrap(
     *,
     actor: str,
     batch: int = 1000,
+    parallel: int = 2,
+    pause: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> RewrapReport:
     """Re-encrypt every queued ciphertext not under the primary, in batches, online.
 
-    Resumable: each batch commits on its own, and a new run starts from what is left. Rows being
-    claimed at that moment are skipped (SKIP LOCKED) and taken by a later pass.
+    ``parallel`` lanes work at once (one re-seals while another's batch is in PostgreSQL);
+    ``pause`` seconds after each batch leave room for the service's own work. Resumable: each
+    batch commits on its own, and a new run starts from what is left. Rows being claimed at that
+    moment are skipped (SKIP LOCKED) and taken by a later pass.
     """
     keyring = await load_keyring(pool, kek)
     primary = keyring.primary_id
@@ -165,39 +169,27 @@ async def rewrap(
     async with pool.acquire() as conn:
         total = await sql.count_sealed_by(conn, old)
         await sql.audit(conn, actor, "rewrap-start", primary, {"queued": total, "from": old})
-    done = failures = 0
-    broken: set[object] = set()
-    idle_passes = 0
-    while old and idle_passes < 50:
-        async with pool.acquire() as conn, conn.transaction():
-            rows = [
-                r
-                for r in await sql.lock_sealed_by(conn, old, batch + len(broken))
-                if r.id not in broken
-            ][:batch]
-            resealed = []
-            for r in rows:
-                ad = AssociatedData(str(r.id), str(r.change_id), r.target, r.account)
-                try:
-                    new = reseal(keyring, Sealed(r.key_id, r.nonce, r.ciphertext), ad)
-                except IntegrityError:
-                    broken.add(r.id)  # left as is: its worker fails it with reason integrity
-                    failures += 1
-                    continue
-                resealed.append((r.id, new.key_id, new.nonce, new.ciphertext))
-            await sql.write_resealed(conn, resealed)
-        done += len(resealed)
-        if progress is not None:
-            progress(done, total)
-        if rows:
-            idle_passes = 0
-            continue
-        async with pool.acquire() as conn:
-            remaining = await sql.count_sealed_by(conn, old) - len(broken)
-        if remaining <= 0:
-            break
-        idle_passes += 1  # rows locked by a claim right now; try again shortly
-        await asyncio.sleep(0.1)
+    tally = _Tally()
+
+    async def lane() -> None:
+        idle_passes = 0
+        while old and idle_passes < 50:
+            rows = await _rewrap_batch(pool, keyring, old, batch, tally)
+            if progress is not None:
+                progress(tally.done, total)
+            if rows:
+                idle_passes = 0
+                if pause:
+                    await asyncio.sleep(pause)
+                continue
+            async with pool.acquire() as conn:
+                remaining = await sql.count_sealed_by(conn, old) - len(tally.broken)
+            if remaining <= 0:
+                return
+            idle_passes += 1  # rows locked by a claim or another lane right now
+            await asyncio.sleep(0.1)
+
+    await asyncio.gather(*(lane() for _ in range(max(1, parallel))))
     async with pool.acquire() as conn:
         await sql.add_encryptions(conn, keyring.take_counts())
         remaining = await sql.count_sealed_by(conn, old)
@@ -206,9 +198,38 @@ async def rewrap(
             actor,
             "rewrap",
             primary,
-            {"rewrapped": done, "integrity_failures": failures, "remaining": remaining},
+            {"rewrapped": tally.done, "integrity_failures": tally.failures, "remaining": remaining},
         )
-    return RewrapReport(done, failures, remaining)
+    return RewrapReport(tally.done, tally.failures, remaining)
+
+
+@dataclass
+class _Tally:
+    done: int = 0
+    failures: int = 0
+    broken: set[object] = field(default_factory=set)
+
+
+async def _rewrap_batch(
+    pool: asyncpg.Pool, keyring: Keyring, old: list[str], batch: int, tally: _Tally
+) -> int:
+    """Lock, re-seal and write back one batch; returns how many rows it locked."""
+    async with pool.acquire() as conn, conn.transaction():
+        locked = await sql.lock_sealed_by(conn, old, batch + len(tally.broken))
+        rows = [r for r in locked if r.id not in tally.broken][:batch]
+        resealed = []
+        for r in rows:
+            ad = AssociatedData(str(r.id), str(r.change_id), r.target, r.account)
+            try:
+                new = reseal(keyring, Sealed(r.key_id, r.nonce, r.ciphertext), ad)
+            except IntegrityError:
+                tally.broken.add(r.id)  # left as is: its worker fails it with reason integrity
+                tally.failures += 1
+                continue
+            resealed.append((r.id, new.key_id, new.nonce, new.ciphertext))
+        await sql.write_resealed(conn, resealed)
+    tally.done += len(resealed)
+    return len(rows)
 
 
 async def retire(pool: asyncpg.Pool, *, actor: str, key_id: str) -> None:

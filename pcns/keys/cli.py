@@ -46,6 +46,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     rewrap = command("rewrap", "re-encrypt queued ciphertexts under the primary data key")
     rewrap.add_argument("--batch", type=int, default=1000)
+    rewrap.add_argument("--parallel", type=int, default=2, help="batches in flight (default 2)")
+    rewrap.add_argument(
+        "--pause",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="pause after each batch so the running service keeps its pace (default 0.05)",
+    )
     retire = command("retire", "destroy a data key no queued ciphertext uses")
     retire.add_argument("key_id")
     command("rotate-kek", "rewrap every data key under the current key-encryption key")
@@ -65,7 +73,7 @@ async def _admin(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, KekPro
     try:
         async with (
             database_url(settings.database) as url,
-            create_pool(url, size=2, wait=settings.database.connect_wait) as pool,
+            create_pool(url, size=4, wait=settings.database.connect_wait) as pool,
         ):
             async with pool.acquire() as conn:
                 await migrate(conn)
@@ -74,15 +82,20 @@ async def _admin(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, KekPro
         await kek.close()
 
 
-def _progress(done: int, total: int) -> None:
-    share = done / total if total else 1.0
-    if sys.stderr.isatty():
-        bar = "#" * int(share * 30)
-        print(f"\rrewrap [{bar:<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
-    elif total and (
-        done == total or done // max(total // 10, 1) != (done - 1) // max(total // 10, 1)
-    ):
-        print(f"rewrap {done}/{total} ({share:.0%})", file=sys.stderr, flush=True)
+class _Progress:
+    """A bar on a terminal; otherwise one line per tenth of the work."""
+
+    def __init__(self) -> None:
+        self._tenths = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        share = min(done / total, 1.0) if total else 1.0
+        if sys.stderr.isatty():
+            bar = "#" * int(share * 30)
+            print(f"\rrewrap [{bar:<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
+        elif int(share * 10) > self._tenths:
+            self._tenths = int(share * 10)
+            print(f"rewrap {done}/{total} ({share:.0%})", file=sys.stderr, flush=True)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -118,7 +131,13 @@ async def run(args: argparse.Namespace) -> int:
             print(f"data key {key_id} is now primary")
         elif args.keys_command == "rewrap":
             report = await admin.rewrap(
-                pool, kek, actor=actor, batch=args.batch, progress=_progress
+                pool,
+                kek,
+                actor=actor,
+                batch=args.batch,
+                parallel=args.parallel,
+                pause=args.pause,
+                progress=_Progress(),
             )
             if sys.stderr.isatty():
                 print(file=sys.stderr)
