@@ -86,7 +86,7 @@ class ServerSettings(_Section):
     def _tls_off_loopback(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
-        if self.tls_cert is None and not _is_loopback(self.host):
+        if self.tls_cert is None and not is_loopback(self.host):
             raise ValueError(
                 f"listen = {self.listen!r} is not a loopback address: "
                 "tls_cert and tls_key are required"
@@ -96,7 +96,8 @@ class ServerSettings(_Section):
         return self
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost`` or a loopback address)."""
     if host == "localhost":
         return True
     try:

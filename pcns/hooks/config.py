@@ -6,27 +6,17 @@ where every local user could read it in the process list.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pcns.config import Duration, format_validation_error, read_toml
+from pcns.config import Duration, format_validation_error, is_loopback, read_toml
 from pcns.errors import ConfigError
 from pcns.notify import client_ssl_context
 
 _NAME = r"^[^\x00-\x1f\x7f]{1,256}$"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class HookSettings(BaseModel):
@@ -50,7 +40,7 @@ class HookSettings(BaseModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             # The body carries the password: in clear only over loopback.
             raise ValueError("must use https:// unless the receiver is on loopback")
         return value.rstrip("/")
