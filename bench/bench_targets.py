@@ -7,7 +7,7 @@
      :account``) with the service's default delivery settings (role ``worker``), against N
      argon2id hashes computed alone with the same parallelism: ``delivery.workers`` (8)
      coroutines, each awaiting ``targets.hashing.hash_password_async`` on the same event loop
-     and so the same hashing pool (one thread per core, below the event loop's priority). A
+     and so the same hashing pool (all cores but one, at nice 19). A
      single thread's rate is shown too.
 (ii) accepted changes/s through the signed HTTP API (the load of bench_core (a)) while that target
      is busy hashing a backlog (role ``all``), against the rate with nothing being delivered
@@ -61,9 +61,11 @@ from bench.bench_core import (
     settings_of,
     with_defaults,
 )
+from targets.hashing import hashing_threads
 
 WORKERS = 8  # DeliverySettings().workers, the default the service runs with
-EXECUTOR_THREADS = os.cpu_count() or 1  # targets.hashing's pool: one thread per core
+
+
 TARGET = "app"
 QUERY = "UPDATE users SET pw = :hash WHERE login = :account"
 NOOP_DELAY = 0.1  # (ii) control: 8 workers x 0.1 s ~ 80 deliveries/s, about argon2id's rate here
@@ -105,7 +107,7 @@ async def backlog_template(dbs: Databases, files: ServiceFiles, n: int, label: s
 
 async def hashes_alone(n: int, concurrency: int, *, own_thread: bool = False) -> Drain:
     """``n`` argon2id hashes of the benchmark's passwords, ``concurrency`` at a time, each through
-    ``hash_password_async`` (the service's hashing pool, one thread per core), or, with
+    ``hash_password_async`` (the service's hashing pool), or, with
     ``own_thread``, all on a single thread: one core's rate."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -297,7 +299,7 @@ def hashing_rows(i: HashingResult, n: int) -> tuple[list[Row], list[str]]:
         ),
         (
             "(i)",
-            f"argon2id hashes/s alone, {WORKERS} in flight, pool of {EXECUTOR_THREADS} threads",
+            f"argon2id hashes/s alone, {WORKERS} in flight, pool of {hashing_threads()} threads",
             _per_s([a.rate for a in i.alone], "hashes"),
         ),
         (
@@ -388,8 +390,8 @@ async def main(args: argparse.Namespace) -> None:
             ("2", "(ii) accept rate while the target hashes vs idle", accepting),
         ],
         f"medians of {args.rounds} round(s) [min..max]. Hashing parallelism: {WORKERS} attempts "
-        f"in flight (delivery.workers), {EXECUTOR_THREADS} threads in asyncio's default "
-        f"executor, {os.cpu_count()} cores; argon2id m=19 MiB, t=2, p=1.",
+        f"in flight (delivery.workers), {hashing_threads()} threads in the hashing pool "
+        f"(nice 19), {os.cpu_count()} cores; argon2id m=19 MiB, t=2, p=1.",
     )
 
 

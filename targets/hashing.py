@@ -185,18 +185,24 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _HASH_NICE)
 
 
-_HASH_NICE = 10
-# One pool per process, sized to the cores: hashing is CPU-bound (argon2-cffi and bcrypt release
-# the GIL), so more threads than cores only add switching; it is process-wide like the CPU it
-# stands for, hence a lazily created module-level pool rather than one per adapter.
+_HASH_NICE = 19  # the lowest priority: hashing waits, the receiver answers
+# One pool per process, one thread per core but one: hashing is CPU-bound (argon2-cffi and bcrypt
+# release the GIL), so more threads only add switching, and the spare core plus the lowest
+# scheduling priority keep the receiver's event loop answering while a target hashes. It is
+# process-wide like the CPU it stands for, hence a lazily created module-level pool.
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def hashing_threads() -> int:
+    """All cores but one (at least one): the event loop keeps a core for the receiver."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def hashing_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     if _pool is None:
         _pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 1,
+            max_workers=hashing_threads(),
             thread_name_prefix="pcns-hash",
             initializer=_lower_priority,
         )
@@ -206,7 +212,7 @@ def hashing_pool() -> concurrent.futures.ThreadPoolExecutor:
 async def hash_password_async(
     scheme: HashScheme, password: Password, *, rounds: int | None = None
 ) -> str:
-    """:func:`hash_password` in the hashing pool (one thread per core, below the event loop's
+    """:func:`hash_password` in the hashing pool (all cores but one, at the lowest scheduling
     priority), so the event loop keeps serving."""
     call = functools.partial(hash_password, scheme, password, rounds=rounds)
     return await asyncio.get_running_loop().run_in_executor(hashing_pool(), call)
