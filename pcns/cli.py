@@ -87,13 +87,17 @@ def _parser() -> argparse.ArgumentParser:
         help="keep retrying an unreachable or busy receiver this long (default 60)",
     )
 
-    status = sub.add_parser("status", help="per-target delivery state of one change")
-    status.add_argument("id")
-    status.add_argument("--config", type=Path, required=True)
-    status.add_argument("--url", help="receiver base URL (default: from the config)")
-    status.add_argument("--ca-file", type=Path, help="CA bundle to verify the receiver")
-    status.add_argument("--cert", type=Path, help="client certificate (when mTLS is on)")
-    status.add_argument("--key", type=Path, help="client certificate's private key")
+    for name, help_text in (
+        ("status", "per-target delivery state of one change"),
+        ("cancel", "cancel a change's pending deliveries (they end cancelled)"),
+    ):
+        admin = sub.add_parser(name, help=help_text)
+        admin.add_argument("id")
+        admin.add_argument("--config", type=Path, required=True)
+        admin.add_argument("--url", help="receiver base URL (default: from the config)")
+        admin.add_argument("--ca-file", type=Path, help="CA bundle to verify the receiver")
+        admin.add_argument("--cert", type=Path, help="client certificate (when mTLS is on)")
+        admin.add_argument("--key", type=Path, help="client certificate's private key")
     return p
 
 
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_targets_check(load_settings(args.config), args.name))
         if args.command == "notify":
             return asyncio.run(_notify(args))
-        if args.command == "status":
+        if args.command in ("status", "cancel"):
             return asyncio.run(_status(args))
     except KeyAdminError as exc:
         print(f"pcns keys: {exc}", file=sys.stderr)
@@ -288,14 +292,17 @@ async def _status(args: argparse.Namespace) -> int:
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.get(
-                url, headers={"Authorization": f"Bearer {token}"}, ssl=_ssl_context(args) or True
+            session.request(
+                "DELETE" if args.command == "cancel" else "GET",
+                url,
+                headers={"Authorization": f"Bearer {token}"},
+                ssl=_ssl_context(args) or True,
             ) as resp,
         ):
             body = await resp.text()
             status = resp.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        print(f"pcns status: cannot reach {url}: {type(exc).__name__}", file=sys.stderr)
+        print(f"pcns {args.command}: cannot reach {url}: {type(exc).__name__}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
         print(json.dumps(json.loads(body), indent=2))

@@ -317,6 +317,21 @@ async def reap_expired_leases(
     return [(r["target"], r["state"]) for r in rows]
 
 
+_CANCEL = """
+UPDATE pcns_deliveries SET
+    state = 'cancelled', nonce = NULL, ciphertext = NULL, finished_at = now(), updated_at = now(),
+    last_error = 'cancelled by an operator'
+WHERE change_id = $1 AND state = 'pending'
+RETURNING target
+"""
+
+
+async def cancel_change(conn: asyncpg.Connection, change_id: UUID) -> list[str]:
+    """End the change's pending deliveries as ``cancelled``; returns their targets."""
+    rows = await conn.fetch(_CANCEL, change_id)
+    return [r["target"] for r in rows]
+
+
 async def change_status(conn: asyncpg.Connection, change_id: UUID) -> ChangeStatus | None:
     change = await conn.fetchrow(
         "SELECT id, source, user_name, domain, received_at FROM pcns_changes WHERE id = $1",

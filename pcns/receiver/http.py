@@ -19,7 +19,7 @@ from pcns.database import UNAVAILABLE_ERRORS
 from pcns.errors import DatabaseUnavailable
 from pcns.metrics import Metrics
 from pcns.queue.records import ChangeStatus
-from pcns.queue.store import change_status
+from pcns.queue.store import cancel_change, change_status
 from pcns.receiver.committer import GroupCommitter
 from pcns.receiver.intake import build_change
 from pcns.receiver.models import BodyRejected, parse_change
@@ -181,6 +181,17 @@ def _admin_ok(ctx: ReceiverContext, request: web.Request) -> bool:
 
 
 async def get_password_change(request: web.Request) -> web.StreamResponse:
+    """Per-target state of one change (admin token)."""
+    return await _admin_change_call(request, cancel=False)
+
+
+async def cancel_password_change(request: web.Request) -> web.StreamResponse:
+    """Cancel the change's pending deliveries (admin token): they end ``cancelled`` and their
+    ciphertexts are deleted. A delivery already in flight finishes; delivered ones stay."""
+    return await _admin_change_call(request, cancel=True)
+
+
+async def _admin_change_call(request: web.Request, *, cancel: bool) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     if not _admin_ok(ctx, request):
         return problem(
@@ -196,6 +207,9 @@ async def get_password_change(request: web.Request) -> web.StreamResponse:
         return problem(404, "not-found", "Not Found", "no change with that id")
     try:
         async with ctx.pool.acquire(timeout=5) as conn:
+            if cancel:
+                for target in await cancel_change(conn, change_id):
+                    ctx.metrics.ended.labels(target, "cancelled").inc()
             status = await change_status(conn, change_id)
     except UNAVAILABLE_ERRORS:
         return problem(
@@ -275,3 +289,4 @@ def add_routes(app: web.Application, *, receiver: bool) -> None:
     if receiver:
         app.router.add_post("/v1/password-changes", post_password_change)
         app.router.add_get("/v1/password-changes/{id}", get_password_change)
+        app.router.add_delete("/v1/password-changes/{id}", cancel_password_change)

@@ -209,3 +209,31 @@ def test_targets_check(tmp_path: Path) -> None:
     assert only.returncode == 0
     assert "erp" not in only.stdout
     assert pcns("targets", "check", "nope", "--config", config, cwd=tmp_path).returncode == 2
+
+
+async def test_cancel_ends_pending_deliveries(tmp_path: Path, db_url: str) -> None:
+    """`pcns cancel ID` ends a change's pending deliveries as cancelled, deletes their
+    ciphertext, and a second cancel changes nothing."""
+    root = tmp_path / "svc"
+    files = ServiceFiles(root, db_url)
+    config = files.write_config()
+    with pcns_process("serve", "--config", str(config), "--role", "receiver", cwd=root) as proc:
+        await asyncio.to_thread(wait_for_text, root / "pcns.log", "service_started", proc)
+        async with aiohttp.ClientSession() as session:
+            _, body = await Client(files, session).send("alice", "Never-Sent-1")
+        done = await asyncio.to_thread(
+            pcns, "cancel", body["id"], "--config", str(config), cwd=root
+        )
+        assert done.returncode == 0, done.stderr
+        shown = json.loads(done.stdout)
+        assert [d["state"] for d in shown["deliveries"]] == ["cancelled"]
+        again = await asyncio.to_thread(
+            pcns, "cancel", body["id"], "--config", str(config), cwd=root
+        )
+        assert json.loads(again.stdout)["deliveries"] == shown["deliveries"]
+    rows = await fetch_all(
+        db_url,
+        "SELECT state, ciphertext FROM pcns_deliveries WHERE change_id = $1",
+        uuid.UUID(body["id"]),
+    )
+    assert [(r["state"], r["ciphertext"]) for r in rows] == [("cancelled", None)]
