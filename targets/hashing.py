@@ -92,8 +92,9 @@ def _bcrypt_bytes(password: str) -> bytes:
     raw = _utf8(password)
     if len(raw) > BCRYPT_MAX_BYTES:
         # Never truncate: a truncated hash would accept any password sharing the first 72 bytes.
+        # The length stays out of the reason: status readers need not learn it.
         raise PermanentError(
-            f"bcrypt accepts at most {BCRYPT_MAX_BYTES} bytes of UTF-8 password, got {len(raw)}"
+            f"bcrypt accepts at most {BCRYPT_MAX_BYTES} bytes of UTF-8 password; this one is longer"
         )
     if b"\0" in raw:
         # C implementations (crypt_blowfish, OpenBSD) stop at NUL, i.e. they truncate.
