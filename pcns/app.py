@@ -74,20 +74,8 @@ def build_kek(settings: Settings) -> KekProvider:
         return FileKek(vault.keyring)
     t = vault.transit
     assert t is not None  # validated with the settings
-    return TransitKek(
-        TransitConfig(
-            url=t.url,
-            key=t.key,
-            mount=t.mount,
-            token_file=t.token_file,
-            approle_role_id=t.approle_role_id,
-            approle_secret_id_file=t.approle_secret_id_file,
-            approle_mount=t.approle_mount,
-            ca_file=t.ca_file,
-            namespace=t.namespace,
-            timeout=t.timeout,
-        )
-    )
+    # The settings model and the library dataclass share their field names.
+    return TransitKek(TransitConfig(**t.model_dump()))
 
 
 def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:

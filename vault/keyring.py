@@ -54,6 +54,9 @@ class Keyring:
     def primary_id(self) -> str | None:
         return self._primary
 
+    def has(self, key_id: str) -> bool:
+        return key_id in self._ciphers
+
     @property
     def key_ids(self) -> frozenset[str]:
         return frozenset(self._ciphers)

@@ -70,7 +70,7 @@ class KeyManager:
 
     async def ensure(self, key_id: str) -> None:
         """Make sure ``key_id`` is loaded if it exists (a worker meeting a brand-new key)."""
-        if key_id not in self.keyring.key_ids:
+        if not self.keyring.has(key_id):
             await self.refresh()
 
     async def _install(self, rows: list[sql.DataKeyRow]) -> None:

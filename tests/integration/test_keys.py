@@ -35,6 +35,15 @@ def make_files(tmp_path: Path, db_url: str, **vault: Any) -> ServiceFiles:
     return files
 
 
+async def rotate_now(files: ServiceFiles, pool: asyncpg.Pool, propagation: float) -> str:
+    """Rotate as `pcns keys rotate` does, with this service's KEK."""
+    kek = build_kek(files.settings())
+    try:
+        return await admin.rotate(pool, kek, actor="t", propagation=propagation)
+    finally:
+        await kek.close()
+
+
 async def key_of(db_url: str, change_id: str) -> str | None:
     rows = await fetch_all(
         db_url,
@@ -177,11 +186,7 @@ async def test_tampered_ciphertext_fails_with_integrity(
         aiohttp.ClientSession() as session,
     ):
         client = Client(files, session)
-        kek = build_kek(files.settings())
-        try:
-            await admin.rotate(rx.pool, kek, actor="t", propagation=0.3)  # a second key
-        finally:
-            await kek.close()
+        await rotate_now(files, rx.pool, propagation=0.3)  # a second key to point at
         _, body = await client.send("alice", "Tamper-Me-1")
         change = uuid.UUID(body["id"])
         row = (
@@ -233,15 +238,11 @@ async def test_database_dump_alone_recovers_nothing(tmp_path: Path, db_url: str)
         aiohttp.ClientSession() as session,
     ):
         client = Client(files, session)
-        kek = build_kek(files.settings())
-        try:
-            for i in range(3):
-                await client.send(f"user{i}", sentinel)
-            await admin.rotate(rx.pool, kek, actor="t", propagation=0.2)
-            for i in range(3, 6):
-                await client.send(f"user{i}", sentinel)
-        finally:
-            await kek.close()
+        for i in range(3):
+            await client.send(f"user{i}", sentinel)
+        await rotate_now(files, rx.pool, propagation=0.2)
+        for i in range(3, 6):
+            await client.send(f"user{i}", sentinel)
     pg_dump = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
     proc = await asyncio.create_subprocess_exec(
         str(pg_dump), "--dbname", db_url, stdout=asyncio.subprocess.PIPE
