@@ -86,6 +86,17 @@ async def connect(url: str, *, wait: float = 30.0) -> asyncpg.Connection:
     raise DatabaseUnavailable("could not connect")  # pragma: no cover - reraise=True above
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset round trip.
+
+    The default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on
+    every release: one more round trip per claim, outcome and group commit. pcns leaves no
+    session state on a pooled connection (advisory locks are transaction-scoped, no cursor
+    outlives its transaction, LISTEN runs on dedicated connections, nothing is SET for the
+    session), and asyncpg still rolls back an open transaction before this is called.
+    """
+
+
 @asynccontextmanager
 async def create_pool(url: str, *, size: int, wait: float = 30.0) -> AsyncIterator[asyncpg.Pool]:
     """A pool whose first connection is retried while the server is starting."""
@@ -98,6 +109,7 @@ async def create_pool(url: str, *, size: int, wait: float = 30.0) -> AsyncIterat
         command_timeout=30,
         timeout=10,
         max_inactive_connection_lifetime=300,
+        reset=_keep_session,
     )
     try:
         yield pool
