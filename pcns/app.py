@@ -37,7 +37,7 @@ from vault import FileKek, KekProvider, Keyring, TransitConfig, TransitKek
 log = structlog.get_logger(__name__)
 
 STATS_INTERVAL = 5.0
-COMMIT_FLUSHERS = 4
+COMMIT_FLUSHERS = 1  # see pcns.receiver.committer
 
 
 def build_targets(settings: Settings) -> dict[str, Target]:

@@ -33,6 +33,8 @@ class Route:
     template: str
     include: re.Pattern[str]
     exclude: re.Pattern[str] | None
+    # The template parsed once: (literal text, field name or None) pairs.
+    parts: tuple[tuple[str, str | None], ...]
 
     @classmethod
     def from_config(cls, cfg: TargetConfig) -> Route:
@@ -41,6 +43,9 @@ class Route:
             template=cfg.account,
             include=_globs(cfg.include) or re.compile(r"(?!)"),
             exclude=_globs(cfg.exclude),
+            parts=tuple(
+                (literal, field) for literal, field, _, _ in string.Formatter().parse(cfg.account)
+            ),
         )
 
     def matches(self, user: str) -> bool:
@@ -50,12 +55,11 @@ class Route:
         return self.exclude is None or not self.exclude.match(name)
 
     def account(self, who: Identity) -> str:
-        values = {"user": who.user, "domain": who.domain, "upn": who.upn}
         out = []
-        for literal, field, _, _ in string.Formatter().parse(self.template):
+        for literal, field in self.parts:
             out.append(literal)
             if field is not None:
-                value = values[field]
+                value: str | None = getattr(who, field)
                 if value is None:
                     raise MissingAccountField(field)
                 out.append(value)

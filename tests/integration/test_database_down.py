@@ -3,6 +3,7 @@ PostgreSQL is back, the same requests are accepted and delivered."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -56,3 +57,25 @@ async def test_database_down_gives_503_and_acknowledges_nothing(
     rows = await fetch_all(db_url, "SELECT count(*) AS n FROM pcns_changes")
     assert rows[0]["n"] == 1
     assert htpasswd_verifies(files.root / "wiki.htpasswd", "alice", "During-Outage-1")
+
+
+async def test_burst_during_outage_is_answered_503_in_full(tmp_path: Path, db_url: str) -> None:
+    """Concurrent changes queued behind a group that met the outage all get 503, none is
+    stored, and the service accepts again once PostgreSQL is back."""
+    async with PgProxy(db_url) as proxy:
+        files = ServiceFiles(tmp_path / "svc", proxy.url)
+        async with running_service(files.settings()), aiohttp.ClientSession() as session:
+            client = Client(files, session)
+            proxy.cut()
+
+            async def post(i: int) -> int:
+                body = json.dumps({"user": f"burst{i}", "password": f"Burst-Pass-{i}"}).encode()
+                status, _, _ = await client.post_raw(body, client.signed_headers(body))
+                return status
+
+            statuses = await asyncio.gather(*(post(i) for i in range(24)))
+            assert statuses == [503] * 24
+            rows = await fetch_all(db_url, "SELECT count(*) AS n FROM pcns_changes")
+            assert rows[0]["n"] == 0
+            proxy.restore()
+            assert await post(99) == 202
