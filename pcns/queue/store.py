@@ -4,6 +4,8 @@ Claiming: due pending rows are picked with ``FOR UPDATE SKIP LOCKED`` (partial i
 ``pcns_deliveries_claim``); each distinct (target, account) is then serialised with a
 transaction-scoped advisory lock, and only after holding it is the key's state read, so at most
 one delivery per (target, account) is ever in flight and an older password never follows a newer.
+Both steps run in the PL/pgSQL function ``pcns_claim_deliveries`` (migration 004): one statement,
+one round trip, one implicit READ COMMITTED transaction whose commit releases every lock it took.
 """
 
 from __future__ import annotations
@@ -106,78 +108,12 @@ async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange])
     ]
 
 
-# Statement 1: lock due candidates and, per (target, account), a transaction-scoped advisory
-# lock. Statement 2 runs after it, so its fresh snapshot sees every claim committed before we
-# took the key locks; it decides each key from that state and applies the decision.
-_LOCK_CANDIDATES = """
-SELECT c.target, c.account
-FROM (
-    SELECT id, target, account FROM pcns_deliveries
-    WHERE state = 'pending' AND due_at <= now()
-    ORDER BY due_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-) AS c
-WHERE pg_try_advisory_xact_lock(hashtextextended(c.target || chr(31) || c.account, 0))
-"""
-
-# Per locked key: nothing while one is in flight (one in flight per account); otherwise claim
-# the newest pending row if due (or expire it when too old) and supersede every older pending
-# row, and supersede all of them when a newer change was already delivered or failed.
-_DECIDE_AND_CLAIM = """
-WITH k AS (
-    SELECT DISTINCT target, account FROM unnest($1::text[], $2::text[]) AS u(target, account)
-), r AS (
-    SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq,
-           d.due_at <= now() AS due,
-           d.created_at < now() - make_interval(secs => $3) AS too_old
-    FROM pcns_deliveries d JOIN k ON d.target = k.target AND d.account = k.account
-    WHERE d.state IN ('pending', 'in_flight', 'delivered', 'failed')
-), a AS (
-    SELECT target, account,
-           bool_or(state = 'in_flight') AS busy,
-           (array_agg(id ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state = 'pending'))[1] AS newest_id,
-           (array_agg(order_at ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state = 'pending'))[1] AS newest_at,
-           (array_agg(seq ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state = 'pending'))[1] AS newest_seq,
-           (array_agg(order_at ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state IN ('delivered', 'failed')))[1] AS done_at,
-           (array_agg(seq ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state IN ('delivered', 'failed')))[1] AS done_seq
-    FROM r GROUP BY target, account
-), plan AS (
-    SELECT r.id,
-           CASE
-               WHEN a.busy THEN NULL
-               WHEN a.done_at IS NOT NULL
-                    AND (a.done_at, a.done_seq) > (a.newest_at, a.newest_seq) THEN 'superseded'
-               WHEN r.id <> a.newest_id THEN 'superseded'
-               WHEN r.too_old THEN 'expired'
-               WHEN r.due THEN 'in_flight'
-           END AS state
-    FROM r JOIN a ON r.target = a.target AND r.account = a.account
-    WHERE r.state = 'pending'
-)
-UPDATE pcns_deliveries d SET
-    state = x.state,
-    attempts = d.attempts + CASE WHEN x.state = 'in_flight' THEN 1 ELSE 0 END,
-    lease_token = CASE WHEN x.state = 'in_flight' THEN $4::uuid END,
-    lease_until = CASE WHEN x.state = 'in_flight' THEN now() + make_interval(secs => $5) END,
-    nonce = CASE WHEN x.state = 'in_flight' THEN d.nonce END,
-    ciphertext = CASE WHEN x.state = 'in_flight' THEN d.ciphertext END,
-    finished_at = CASE WHEN x.state = 'in_flight' THEN NULL ELSE now() END,
-    last_error = CASE x.state
-        WHEN 'superseded' THEN 'a newer change for this account superseded it'
-        WHEN 'expired' THEN 'older than delivery.max_age'
-        ELSE d.last_error END,
-    updated_at = now()
-FROM plan x
-WHERE d.id = x.id AND x.state IS NOT NULL AND d.state = 'pending'
-RETURNING d.id, d.change_id, d.target, d.account, d.attempts, d.key_id, d.nonce, d.ciphertext,
-          x.state, extract(epoch FROM now() - d.created_at)::float8 AS age
-"""
+# The claim protocol runs inside ``pcns_claim_deliveries`` (migration 004), called as one
+# statement in its own implicit transaction: one round trip per claim. Its first statement locks
+# due candidates (FOR UPDATE SKIP LOCKED) and, per (target, account), a transaction-scoped
+# advisory lock; its second, on the fresh snapshot a VOLATILE function takes per statement, sees
+# every claim committed before those locks were taken, decides each key and applies the decision.
+_CLAIM = "SELECT * FROM pcns_claim_deliveries($1, $2, $3, $4)"
 
 
 async def claim_due_deliveries(
@@ -186,22 +122,13 @@ async def claim_due_deliveries(
     """Lease up to ``limit`` due deliveries.
 
     Returns the claimed deliveries and, per target, the states of rows this claim ended
-    (``superseded`` / ``expired``) for metrics.
+    (``superseded`` / ``expired``) for metrics. Call it outside an explicit transaction: the
+    locks it takes are held, and its claim hidden from other workers, until its transaction
+    commits.
     """
     ended: dict[str, list[str]] = defaultdict(list)
     token = uuid4()
-    async with conn.transaction():
-        locked = await conn.fetch(_LOCK_CANDIDATES, limit)
-        if not locked:
-            return [], ended
-        applied = await conn.fetch(
-            _DECIDE_AND_CLAIM,
-            [r["target"] for r in locked],
-            [r["account"] for r in locked],
-            max_age_seconds,
-            token,
-            lease_seconds,
-        )
+    applied = await conn.fetch(_CLAIM, limit, token, lease_seconds, max_age_seconds)
     claimed = []
     for r in applied:
         if r["state"] != "in_flight":
