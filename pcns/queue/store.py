@@ -168,7 +168,9 @@ FROM (
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[])
          AS u(id, token, state, error, delay)
 ) AS x
-WHERE d.id = x.id AND d.lease_token = x.token AND d.state = 'in_flight'
+-- A lease token is set only while in flight (constraint lease_only_while_in_flight): matching it
+-- by primary key finds exactly the rows this worker still leases, with no scan of in-flight rows.
+WHERE d.id = x.id AND d.lease_token = x.token
 RETURNING d.id, extract(epoch FROM now() - d.created_at)::float8 AS age
 """
 
@@ -208,7 +210,7 @@ _RELEASE = """
 UPDATE pcns_deliveries SET
     state = 'pending', attempts = greatest(attempts - 1, 0), due_at = now(),
     lease_token = NULL, lease_until = NULL, updated_at = now()
-WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid AND state = 'in_flight'
+WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid  -- still ours, so still in flight
 """
 
 
