@@ -1,11 +1,14 @@
 """Every statement the service runs against its queue, and the claim protocol.
 
-Claiming: due pending rows are picked with ``FOR UPDATE SKIP LOCKED`` (partial index
-``pcns_deliveries_claim``); each distinct (target, account) is then serialised with a
-transaction-scoped advisory lock, and only after holding it is the key's state read, so at most
-one delivery per (target, account) is ever in flight and an older password never follows a newer.
-Both steps run in the PL/pgSQL function ``pcns_claim_deliveries`` (migration 004): one statement,
-one round trip, one implicit READ COMMITTED transaction whose commit releases every lock it took.
+Claiming: due pending rows are walked in due order (partial index ``pcns_deliveries_claim``) and
+each distinct (target, account) is serialised with a transaction-scoped advisory lock, taken with
+a try: a key another claimer holds is skipped, as ``SKIP LOCKED`` skips a row. Only after holding
+the key locks is each key's state read, on a fresh snapshot, and rows are locked only then, by the
+UPDATE that applies the decision to keys this claim holds; so at most one delivery per (target,
+account) is ever in flight, an older password never follows a newer, and two claims never wait on
+each other. Both steps run in the PL/pgSQL function ``pcns_claim_deliveries`` (migration 004): one
+statement, one round trip, one implicit READ COMMITTED transaction whose commit releases every
+lock it took.
 """
 
 from __future__ import annotations
@@ -109,10 +112,10 @@ async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange])
 
 
 # The claim protocol runs inside ``pcns_claim_deliveries`` (migration 004), called as one
-# statement in its own implicit transaction: one round trip per claim. Its first statement locks
-# due candidates (FOR UPDATE SKIP LOCKED) and, per (target, account), a transaction-scoped
-# advisory lock; its second, on the fresh snapshot a VOLATILE function takes per statement, sees
-# every claim committed before those locks were taken, decides each key and applies the decision.
+# statement in its own implicit transaction: one round trip per claim. It first takes the key
+# locks while walking due rows; its next statement, on the fresh snapshot a VOLATILE function
+# takes per statement, sees every claim committed before those locks were held, decides each key
+# and applies the decision.
 _CLAIM = "SELECT * FROM pcns_claim_deliveries($1, $2, $3, $4)"
 
 

@@ -1,11 +1,16 @@
--- The claim in one round trip. The two statements of the claim protocol (lock candidates and
--- per-key advisory locks; then decide each key and apply) run inside this function, called as
--- one statement outside an explicit transaction:
---  * the function is VOLATILE, so in READ COMMITTED each statement in it takes a fresh
---    snapshot: the second one sees every claim committed before the first one took the key
---    locks, exactly as when the client sent them one after the other;
---  * row locks (FOR UPDATE SKIP LOCKED) and transaction-scoped advisory locks are held until
---    the calling statement's transaction commits, and the claim's UPDATE commits with it.
+-- The claim in one round trip. The two steps of the claim protocol run inside this function,
+-- called as one statement outside an explicit transaction:
+--  1. walk the due pending rows in due order and take, per (target, account), a
+--     transaction-scoped advisory lock, skipping rows whose key another claimer holds, until
+--     p_limit rows are ours. The key lock is the only lock taken here: rows are locked only by
+--     step 2's UPDATE, of keys this claim holds, so two claims never wait on each other (row
+--     locks taken before the key lock let two claimers each hold a row of the other's key and
+--     deadlock). Walking with a cursor takes each key lock only when the walk reaches its row,
+--     whatever plan the query gets (a lock call in a WHERE could run on every pending row);
+--  2. the function is VOLATILE, so in READ COMMITTED its next statement takes a fresh snapshot:
+--     it sees every claim committed before the key locks were taken, decides each key from that
+--     state and applies the decision. The key locks and the UPDATE's row locks are held until
+--     the calling statement's transaction commits, and the claim commits with it.
 -- Returns the rows it changed: 'in_flight' (leased to p_lease_token), 'superseded', 'expired'.
 
 CREATE FUNCTION pcns_claim_deliveries(
@@ -16,23 +21,29 @@ CREATE FUNCTION pcns_claim_deliveries(
 ) LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
-    v_targets text[];
-    v_accounts text[];
+    v_targets text[] := '{}';
+    v_accounts text[] := '{}';
+    v_row record;
 BEGIN
-    -- Statement 1: due candidates, and per (target, account) a transaction-scoped advisory lock.
-    SELECT array_agg(c.target), array_agg(c.account) INTO v_targets, v_accounts
-    FROM (
+    FOR v_row IN
         SELECT d.id, d.target, d.account FROM pcns_deliveries d
         WHERE d.state = 'pending' AND d.due_at <= now()
         ORDER BY d.due_at
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    WHERE pg_try_advisory_xact_lock(hashtextextended(c.target || chr(31) || c.account, 0));
-    IF v_targets IS NULL THEN
+    LOOP
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(
+            hashtextextended(v_row.target || chr(31) || v_row.account, 0));
+        -- The walk reads the snapshot of its start: a row another claim took and committed
+        -- since then is skipped here (this statement's snapshot is fresh), not counted.
+        CONTINUE WHEN NOT EXISTS (
+            SELECT FROM pcns_deliveries d WHERE d.id = v_row.id AND d.state = 'pending');
+        v_targets := v_targets || v_row.target;
+        v_accounts := v_accounts || v_row.account;
+        EXIT WHEN cardinality(v_targets) >= p_limit;
+    END LOOP;
+    IF cardinality(v_targets) = 0 THEN
         RETURN;
     END IF;
-    -- Statement 2, on a fresh snapshot taken with the key locks held. Per locked key: nothing
+    -- Step 2, on a fresh snapshot taken with the key locks held. Per locked key: nothing
     -- while one is in flight (one in flight per account); otherwise claim the newest pending
     -- row if due (or expire it when too old) and supersede every older pending row, and
     -- supersede all of them when a newer change was already delivered or failed.
@@ -45,7 +56,7 @@ BEGIN
                d.created_at < now() - make_interval(secs => p_max_age_seconds) AS too_old
         FROM pcns_deliveries d JOIN k ON d.target = k.target AND d.account = k.account
         WHERE d.state IN ('pending', 'in_flight', 'delivered', 'failed')
-    ), a AS (
+    ), a AS MATERIALIZED (  -- once, not once per pending row joined to it
         SELECT r.target, r.account,
                bool_or(r.state = 'in_flight') AS busy,
                (array_agg(r.id ORDER BY r.order_at DESC, r.seq DESC)
