@@ -189,7 +189,7 @@ class DeliveryWorker:
             del plaintext
         if guard is not None:
             guard.record_success()
-            self._metrics.breaker_open.labels(d.target).set(0)
+            self._metrics.child(self._metrics.breaker_open, d.target).set(0)
         return Outcome(d, "delivered")
 
     @staticmethod
