@@ -79,5 +79,6 @@ class Completer:
                 if age is None:
                     log.warning("delivery_lease_lost", delivery_id=str(d.id), target=d.target)
                 elif outcome.state == "delivered":
-                    self._metrics.delivered.labels(d.target).inc()
-                    self._metrics.latency.labels(d.target).observe(age)
+                    m = self._metrics
+                    m.child(m.delivered, d.target).inc()
+                    m.child(m.latency, d.target).observe(age)

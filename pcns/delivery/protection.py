@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,40 +69,13 @@ class TargetGuard:
         self.state: BreakerState = "closed"
         self.open_until = 0.0
 
-    @asynccontextmanager
-    async def admit(self, *, wait: float) -> AsyncIterator[bool]:
+    def admit(self, *, wait: float) -> Admission:
         """Hold a concurrency slot and a rate token for one attempt, waiting at most ``wait``.
 
         While the breaker is half-open only one attempt (the probe) goes through at a time;
         the context value says whether this attempt is that probe.
         """
-        if self.is_open():
-            raise NoSlot(f"circuit breaker for target {self.name!r} is open")
-        probe = self.state == "half_open"
-        if probe and self._probing:
-            raise NoSlot(f"circuit breaker for target {self.name!r} is probing")
-        self._probing = self._probing or probe
-        try:
-            async with asyncio.timeout(wait):
-                if self._slots is not None:
-                    await self._slots.acquire()
-        except TimeoutError:
-            if probe:
-                self._probing = False
-            raise NoSlot(f"target {self.name!r} is at its concurrency cap") from None
-        try:
-            if self._bucket is not None:
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._bucket.take()
-                except TimeoutError:
-                    raise NoSlot(f"target {self.name!r} is at its rate limit") from None
-            yield probe
-        finally:
-            if self._slots is not None:
-                self._slots.release()
-            if probe:
-                self._probing = False
+        return Admission(self, wait)
 
     def is_open(self) -> bool:
         if self.state == "open" and time.monotonic() >= self.open_until:
@@ -129,3 +100,61 @@ class TargetGuard:
     @property
     def cooldown(self) -> float:
         return self._p.breaker_cooldown
+
+
+class Admission:
+    """One attempt's passage through a :class:`TargetGuard` (``async with guard.admit(...)``).
+
+    A plain class rather than a generator-based context manager, and no timer armed for a limit
+    the target does not have: a target without a cap or a rate limit, breaker closed, is let
+    through at the cost of a few attribute reads, once per delivery attempt.
+    """
+
+    __slots__ = ("_guard", "_probe", "_slot", "_wait")
+
+    def __init__(self, guard: TargetGuard, wait: float) -> None:
+        self._guard = guard
+        self._wait = wait
+        self._probe = False
+        self._slot = False
+
+    async def __aenter__(self) -> bool:
+        g = self._guard
+        if g.is_open():
+            raise NoSlot(f"circuit breaker for target {g.name!r} is open")
+        probe = g.state == "half_open"
+        if probe:
+            if g._probing:
+                raise NoSlot(f"circuit breaker for target {g.name!r} is probing")
+            g._probing = self._probe = True
+        try:
+            if g._slots is not None:
+                try:
+                    async with asyncio.timeout(self._wait):
+                        await g._slots.acquire()
+                except TimeoutError:
+                    raise NoSlot(f"target {g.name!r} is at its concurrency cap") from None
+                self._slot = True
+            if g._bucket is not None:
+                try:
+                    async with asyncio.timeout(self._wait):
+                        await g._bucket.take()
+                except TimeoutError:
+                    raise NoSlot(f"target {g.name!r} is at its rate limit") from None
+        except BaseException:
+            self._leave()
+            raise
+        return probe
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        g = self._guard
+        if self._slot:
+            self._slot = False
+            assert g._slots is not None
+            g._slots.release()
+        if self._probe:
+            self._probe = False
+            g._probing = False

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine, Mapping
 
 import asyncpg
 import structlog
@@ -170,7 +169,7 @@ class DeliveryWorker:
         guard = self._guards.get(d.target)
         probe = False
         try:
-            async with guard.admit(wait=self._slot_wait) if guard else _nothing() as probe:
+            async with guard.admit(wait=self._slot_wait) if guard else _UNGUARDED as probe:
                 async with asyncio.timeout(self._settings.attempt_timeout):
                     await adapter.set_password(d.account, Password(plaintext))
         except NoSlot as exc:
@@ -190,7 +189,7 @@ class DeliveryWorker:
             del plaintext
         if guard is not None:
             guard.record_success()
-            self._metrics.breaker_open.labels(d.target).set(0)
+            self._metrics.child(self._metrics.breaker_open, d.target).set(0)
         return Outcome(d, "delivered")
 
     @staticmethod
@@ -315,6 +314,14 @@ async def _wait_any(
     return stop.is_set()
 
 
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[bool]:
-    yield False
+class _Unguarded:
+    """The admission of a target without a guard: always let through, never the probe."""
+
+    async def __aenter__(self) -> bool:
+        return False
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_UNGUARDED = _Unguarded()

@@ -1,9 +1,14 @@
 """Every statement the service runs against its queue, and the claim protocol.
 
-Claiming: due pending rows are picked with ``FOR UPDATE SKIP LOCKED`` (partial index
-``pcns_deliveries_claim``); each distinct (target, account) is then serialised with a
-transaction-scoped advisory lock, and only after holding it is the key's state read, so at most
-one delivery per (target, account) is ever in flight and an older password never follows a newer.
+Claiming: due pending rows are walked in due order (partial index ``pcns_deliveries_claim``) and
+each distinct (target, account) is serialised with a transaction-scoped advisory lock, taken with
+a try: a key another claimer holds is skipped, as ``SKIP LOCKED`` skips a row. Only after holding
+the key locks is each key's state read, on a fresh snapshot, and rows are locked only then, by the
+UPDATE that applies the decision to keys this claim holds; so at most one delivery per (target,
+account) is ever in flight, an older password never follows a newer, and two claims never wait on
+each other. Both steps run in the PL/pgSQL function ``pcns_claim_deliveries`` (migration 004): one
+statement, one round trip, one implicit READ COMMITTED transaction whose commit releases every
+lock it took.
 """
 
 from __future__ import annotations
@@ -106,78 +111,12 @@ async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange])
     ]
 
 
-# Statement 1: lock due candidates and, per (target, account), a transaction-scoped advisory
-# lock. Statement 2 runs after it, so its fresh snapshot sees every claim committed before we
-# took the key locks; it decides each key from that state and applies the decision.
-_LOCK_CANDIDATES = """
-SELECT c.target, c.account
-FROM (
-    SELECT id, target, account FROM pcns_deliveries
-    WHERE state = 'pending' AND due_at <= now()
-    ORDER BY due_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-) AS c
-WHERE pg_try_advisory_xact_lock(hashtextextended(c.target || chr(31) || c.account, 0))
-"""
-
-# Per locked key: nothing while one is in flight (one in flight per account); otherwise claim
-# the newest pending row if due (or expire it when too old) and supersede every older pending
-# row, and supersede all of them when a newer change was already delivered or failed.
-_DECIDE_AND_CLAIM = """
-WITH k AS (
-    SELECT DISTINCT target, account FROM unnest($1::text[], $2::text[]) AS u(target, account)
-), r AS (
-    SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq,
-           d.due_at <= now() AS due,
-           d.created_at < now() - make_interval(secs => $3) AS too_old
-    FROM pcns_deliveries d JOIN k ON d.target = k.target AND d.account = k.account
-    WHERE d.state IN ('pending', 'in_flight', 'delivered', 'failed')
-), a AS (
-    SELECT target, account,
-           bool_or(state = 'in_flight') AS busy,
-           (array_agg(id ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state = 'pending'))[1] AS newest_id,
-           (array_agg(order_at ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state = 'pending'))[1] AS newest_at,
-           (array_agg(seq ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state = 'pending'))[1] AS newest_seq,
-           (array_agg(order_at ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state IN ('delivered', 'failed')))[1] AS done_at,
-           (array_agg(seq ORDER BY order_at DESC, seq DESC)
-               FILTER (WHERE state IN ('delivered', 'failed')))[1] AS done_seq
-    FROM r GROUP BY target, account
-), plan AS (
-    SELECT r.id,
-           CASE
-               WHEN a.busy THEN NULL
-               WHEN a.done_at IS NOT NULL
-                    AND (a.done_at, a.done_seq) > (a.newest_at, a.newest_seq) THEN 'superseded'
-               WHEN r.id <> a.newest_id THEN 'superseded'
-               WHEN r.too_old THEN 'expired'
-               WHEN r.due THEN 'in_flight'
-           END AS state
-    FROM r JOIN a ON r.target = a.target AND r.account = a.account
-    WHERE r.state = 'pending'
-)
-UPDATE pcns_deliveries d SET
-    state = x.state,
-    attempts = d.attempts + CASE WHEN x.state = 'in_flight' THEN 1 ELSE 0 END,
-    lease_token = CASE WHEN x.state = 'in_flight' THEN $4::uuid END,
-    lease_until = CASE WHEN x.state = 'in_flight' THEN now() + make_interval(secs => $5) END,
-    nonce = CASE WHEN x.state = 'in_flight' THEN d.nonce END,
-    ciphertext = CASE WHEN x.state = 'in_flight' THEN d.ciphertext END,
-    finished_at = CASE WHEN x.state = 'in_flight' THEN NULL ELSE now() END,
-    last_error = CASE x.state
-        WHEN 'superseded' THEN 'a newer change for this account superseded it'
-        WHEN 'expired' THEN 'older than delivery.max_age'
-        ELSE d.last_error END,
-    updated_at = now()
-FROM plan x
-WHERE d.id = x.id AND x.state IS NOT NULL AND d.state = 'pending'
-RETURNING d.id, d.change_id, d.target, d.account, d.attempts, d.key_id, d.nonce, d.ciphertext,
-          x.state, extract(epoch FROM now() - d.created_at)::float8 AS age
-"""
+# The claim protocol runs inside ``pcns_claim_deliveries`` (migration 004), called as one
+# statement in its own implicit transaction: one round trip per claim. It first takes the key
+# locks while walking due rows; its next statement, on the fresh snapshot a VOLATILE function
+# takes per statement, sees every claim committed before those locks were held, decides each key
+# and applies the decision.
+_CLAIM = "SELECT * FROM pcns_claim_deliveries($1, $2, $3, $4)"
 
 
 async def claim_due_deliveries(
@@ -186,22 +125,13 @@ async def claim_due_deliveries(
     """Lease up to ``limit`` due deliveries.
 
     Returns the claimed deliveries and, per target, the states of rows this claim ended
-    (``superseded`` / ``expired``) for metrics.
+    (``superseded`` / ``expired``) for metrics. Call it outside an explicit transaction: the
+    locks it takes are held, and its claim hidden from other workers, until its transaction
+    commits.
     """
     ended: dict[str, list[str]] = defaultdict(list)
     token = uuid4()
-    async with conn.transaction():
-        locked = await conn.fetch(_LOCK_CANDIDATES, limit)
-        if not locked:
-            return [], ended
-        applied = await conn.fetch(
-            _DECIDE_AND_CLAIM,
-            [r["target"] for r in locked],
-            [r["account"] for r in locked],
-            max_age_seconds,
-            token,
-            lease_seconds,
-        )
+    applied = await conn.fetch(_CLAIM, limit, token, lease_seconds, max_age_seconds)
     claimed = []
     for r in applied:
         if r["state"] != "in_flight":
@@ -241,7 +171,9 @@ FROM (
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[])
          AS u(id, token, state, error, delay)
 ) AS x
-WHERE d.id = x.id AND d.lease_token = x.token AND d.state = 'in_flight'
+-- A lease token is set only while in flight (constraint lease_only_while_in_flight): matching it
+-- by primary key finds exactly the rows this worker still leases, with no scan of in-flight rows.
+WHERE d.id = x.id AND d.lease_token = x.token
 RETURNING d.id, extract(epoch FROM now() - d.created_at)::float8 AS age
 """
 
@@ -281,7 +213,7 @@ _RELEASE = """
 UPDATE pcns_deliveries SET
     state = 'pending', attempts = greatest(attempts - 1, 0), due_at = now(),
     lease_token = NULL, lease_until = NULL, updated_at = now()
-WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid AND state = 'in_flight'
+WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid  -- still ours, so still in flight
 """
 
 

@@ -1,0 +1,215 @@
+"""The claim protocol at the queue's boundary (``claim_due_deliveries`` on a real PostgreSQL):
+newest wins, one in flight per (target, account), supersede after a newer delivered change,
+expiry, the lease, and many claimers racing over the same keys."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from pcns.queue.records import ClaimedDelivery, Outcome
+from pcns.queue.store import claim_due_deliveries, complete_deliveries
+
+LEASE = 60.0
+MAX_AGE = 3600.0
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await asyncpg.connect(db_url)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def queue(
+    conn: asyncpg.Connection,
+    account: str,
+    *,
+    target: str = "t1",
+    order_at: datetime | None = None,
+    state: str = "pending",
+    due_in: float = 0.0,
+    created_ago: float = 0.0,
+) -> uuid.UUID:
+    """One change with one delivery, inserted as the intake would leave it; returns its id."""
+    change_id, delivery_id = uuid.uuid4(), uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO pcns_changes (id, source, webhook_id, user_name, response)"
+        " VALUES ($1, 'dc01', $2, $3, '{}')",
+        change_id,
+        str(change_id),
+        account,
+    )
+    sealed = state == "pending"
+    await conn.execute(
+        "INSERT INTO pcns_deliveries (id, change_id, target, account, order_at, state, due_at,"
+        " created_at, key_id, nonce, ciphertext, finished_at)"
+        " VALUES ($1, $2, $3, $4, coalesce($5, now()), $6,"
+        " now() + make_interval(secs => $7), now() - make_interval(secs => $8), 'k1',"
+        " CASE WHEN $9 THEN '\\x00'::bytea END, CASE WHEN $9 THEN '\\x01'::bytea END,"
+        " CASE WHEN $9 THEN NULL ELSE now() END)",
+        delivery_id,
+        change_id,
+        target,
+        account,
+        order_at,
+        state,
+        due_in,
+        created_ago,
+        sealed,
+    )
+    return delivery_id
+
+
+async def claim(
+    conn: asyncpg.Connection, limit: int = 16
+) -> tuple[list[ClaimedDelivery], dict[str, list[str]]]:
+    return await claim_due_deliveries(
+        conn, limit=limit, lease_seconds=LEASE, max_age_seconds=MAX_AGE
+    )
+
+
+async def states(conn: asyncpg.Connection) -> dict[uuid.UUID, tuple[str, bool]]:
+    """Each delivery's state and whether it still holds a ciphertext."""
+    rows = await conn.fetch(
+        "SELECT id, state, ciphertext IS NOT NULL AS sealed FROM pcns_deliveries"
+    )
+    return {r["id"]: (r["state"], r["sealed"]) for r in rows}
+
+
+async def test_newest_pending_change_is_claimed_and_older_ones_superseded(
+    conn: asyncpg.Connection,
+) -> None:
+    """Of three due changes for one account, only the newest by change time is leased; the
+    others end superseded, without their ciphertexts, and are reported as ended."""
+    now = datetime.now(UTC)
+    old = await queue(conn, "bob", order_at=now - timedelta(minutes=2))
+    new = await queue(conn, "bob", order_at=now)
+    oldest = await queue(conn, "bob", order_at=now - timedelta(minutes=5))
+
+    claimed, ended = await claim(conn)
+
+    assert [d.id for d in claimed] == [new]
+    assert ended == {"t1": ["superseded", "superseded"]}
+    assert await states(conn) == {
+        old: ("superseded", False),
+        new: ("in_flight", True),
+        oldest: ("superseded", False),
+    }
+
+
+async def test_claim_takes_a_lease(conn: asyncpg.Connection) -> None:
+    """A claimed delivery carries its ciphertext and a lease token; the row records the token,
+    a lease ending ``lease`` seconds from now, and one more attempt."""
+    delivery = await queue(conn, "alice")
+
+    (claimed,), _ = await claim(conn)
+
+    row = await conn.fetchrow(
+        "SELECT lease_token, extract(epoch FROM lease_until - now()) AS left, attempts"
+        " FROM pcns_deliveries WHERE id = $1",
+        delivery,
+    )
+    assert row is not None
+    assert claimed.sealed.ciphertext == b"\x01"
+    assert claimed.attempts == 1
+    assert row["lease_token"] == claimed.lease_token
+    assert row["attempts"] == 1
+    assert LEASE - 5 < row["left"] <= LEASE
+
+
+async def test_nothing_more_is_claimed_for_an_account_while_one_is_in_flight(
+    conn: asyncpg.Connection,
+) -> None:
+    """A newer change for an account with a delivery in flight waits, untouched, until that
+    delivery is recorded; then it is claimed."""
+    first = await queue(conn, "carol", order_at=datetime.now(UTC) - timedelta(minutes=1))
+    (held,), _ = await claim(conn)
+    assert held.id == first
+    second = await queue(conn, "carol")
+
+    assert await claim(conn) == ([], {})
+    assert (await states(conn))[second] == ("pending", True)
+
+    await complete_deliveries(conn, [Outcome(held, "delivered")])
+    (claimed,), _ = await claim(conn)
+    assert claimed.id == second
+
+
+async def test_change_older_than_a_delivered_one_is_superseded(conn: asyncpg.Connection) -> None:
+    """A change arriving after a newer one for the same account was delivered is never
+    written: it ends superseded at its claim."""
+    now = datetime.now(UTC)
+    await queue(conn, "dave", order_at=now, state="delivered")
+    late = await queue(conn, "dave", order_at=now - timedelta(minutes=1))
+
+    claimed, ended = await claim(conn)
+
+    assert claimed == []
+    assert ended == {"t1": ["superseded"]}
+    assert (await states(conn))[late] == ("superseded", False)
+
+
+async def test_delivery_older_than_max_age_expires_at_claim(conn: asyncpg.Connection) -> None:
+    """A pending delivery older than max_age is ended as expired, its ciphertext deleted,
+    instead of being leased."""
+    stale = await queue(conn, "erin", created_ago=MAX_AGE + 60)
+
+    claimed, ended = await claim(conn)
+
+    assert claimed == []
+    assert ended == {"t1": ["expired"]}
+    assert (await states(conn))[stale] == ("expired", False)
+
+
+async def test_not_yet_due_delivery_is_left_alone(conn: asyncpg.Connection) -> None:
+    """A delivery scheduled for later is neither claimed nor ended by a claim now."""
+    later = await queue(conn, "frank", due_in=3600)
+
+    assert await claim(conn) == ([], {})
+    assert (await states(conn))[later] == ("pending", True)
+
+
+async def test_racing_claimers_lease_one_delivery_per_account_and_only_the_newest(
+    db_url: str, conn: asyncpg.Connection
+) -> None:
+    """Eight claimers on their own connections, claiming small batches at once over accounts
+    whose changes lie side by side in due order: no claim fails (claims never wait on each
+    other, so they cannot deadlock), every account gets exactly one lease, on its newest change,
+    and every other change ends superseded."""
+    now = datetime.now(UTC)
+    newest: dict[str, uuid.UUID] = {}
+    for i in range(60):
+        for n in range(4):  # an account's changes side by side in due order: batches overlap
+            account = f"user{i}"
+            newest[account] = await queue(conn, account, order_at=now - timedelta(minutes=10 - n))
+    claimers = [await asyncpg.connect(db_url) for _ in range(8)]
+    try:
+
+        async def drain(c: asyncpg.Connection) -> list[ClaimedDelivery]:
+            got: list[ClaimedDelivery] = []
+            while True:
+                claimed, _ = await claim(c, limit=4)
+                got += claimed
+                if not await c.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pcns_deliveries WHERE state = 'pending')"
+                ):
+                    return got
+
+        results = await asyncio.gather(*(drain(c) for c in claimers))
+    finally:
+        for c in claimers:
+            await c.close()
+    leased = [d for got in results for d in got]
+    assert Counter(d.account for d in leased) == Counter({a: 1 for a in newest})
+    assert {d.account: d.id for d in leased} == newest
+    final = Counter(state for state, _ in (await states(conn)).values())
+    assert final == {"in_flight": 60, "superseded": 180}
