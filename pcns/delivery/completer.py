@@ -10,7 +10,7 @@ import structlog
 
 from pcns.database import UNAVAILABLE_ERRORS
 from pcns.metrics import Metrics
-from pcns.queue.records import Outcome
+from pcns.queue.records import DeliveryId, Outcome
 from pcns.queue.store import complete_deliveries
 
 log = structlog.get_logger(__name__)
@@ -49,6 +49,28 @@ class Completer:
         self._pending.append(outcome)
         self._ready.set()
 
+    async def _record_one_by_one(
+        self, group: list[Outcome]
+    ) -> tuple[dict[DeliveryId, float], set[DeliveryId]]:
+        ages: dict[DeliveryId, float] = {}
+        unrecorded: set[DeliveryId] = set()
+        for outcome in group:
+            try:
+                async with self._pool.acquire(timeout=10) as conn:
+                    ages.update(await complete_deliveries(conn, [outcome]))
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+                # Its lease runs out and the reaper returns the delivery to the queue, so the
+                # change is attempted again rather than lost.
+                log.error(
+                    "outcome_not_recorded",
+                    delivery_id=str(outcome.delivery.id),
+                    target=outcome.delivery.target,
+                    error=type(exc).__name__,
+                    sqlstate=getattr(exc, "sqlstate", None),
+                )
+                unrecorded.add(outcome.delivery.id)
+        return ages, unrecorded
+
     async def _record_forever(self) -> None:
         failures = 0
         while True:
@@ -59,6 +81,7 @@ class Completer:
                 await self._ready.wait()
                 continue
             group, self._pending = self._pending[:_MAX_GROUP], self._pending[_MAX_GROUP:]
+            unrecorded: set[DeliveryId] = set()
             try:
                 async with self._pool.acquire(timeout=10) as conn:
                     ages = await complete_deliveries(conn, group)
@@ -71,11 +94,18 @@ class Completer:
                 log.warning("outcomes_not_recorded", error=type(exc).__name__, count=len(group))
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                 continue
+            except asyncpg.PostgresError as exc:
+                # Refused, not unreachable: record the group one by one, so one outcome the
+                # database will not take does not hold back the others.
+                log.warning("outcomes_group_refused", error=type(exc).__name__, count=len(group))
+                ages, unrecorded = await self._record_one_by_one(group)
             # A finished delivery may unblock the next change for the same account: claim now.
             self._on_recorded()
             for outcome in group:
                 d = outcome.delivery
                 age = ages.get(d.id)
+                if d.id in unrecorded:
+                    continue
                 if age is None:
                     log.warning("delivery_lease_lost", delivery_id=str(d.id), target=d.target)
                 elif outcome.state == "delivered":

@@ -107,9 +107,16 @@ class DeliveryWorker:
                         max_age_seconds=s.max_age,
                     )
                 failures = 0
-            except UNAVAILABLE_ERRORS as exc:
+            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+                # Unreachable, or refused (a deadlock with an operator's statement, say): the
+                # claim rolled back whole, so nothing was taken; try again after a pause.
                 failures += 1
-                log.warning("claim_failed", error=type(exc).__name__, consecutive=failures)
+                log.warning(
+                    "claim_failed",
+                    error=type(exc).__name__,
+                    sqlstate=getattr(exc, "sqlstate", None),
+                    consecutive=failures,
+                )
                 await _wait_any(stop, timeout=min(s.poll_interval * 2**failures, 30.0))
                 continue
             finally:
@@ -236,7 +243,7 @@ class DeliveryWorker:
             async with self._pool.acquire(timeout=10) as conn:
                 held = await defer_target(conn, target, seconds)
             log.info("target_deliveries_held", target=target, count=held, seconds=seconds)
-        except UNAVAILABLE_ERRORS as exc:
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
             log.warning("target_hold_failed", target=target, error=type(exc).__name__)
 
     async def _listen(self, stop: asyncio.Event) -> None:

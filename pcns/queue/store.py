@@ -178,6 +178,19 @@ RETURNING d.id, extract(epoch FROM now() - d.created_at)::float8 AS age
 """
 
 
+MAX_ERROR_CHARS = 1000
+
+
+def storable_error(text: str | None) -> str | None:
+    """An adapter's error text as ``last_error`` can hold it: printable, bounded. A third-party
+    adapter may pass a target's raw text on, and a NUL would make PostgreSQL refuse the row."""
+    if text is None:
+        return None
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "\ufffd" for c in text)
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+
+
 async def complete_deliveries(
     conn: asyncpg.Connection, outcomes: Sequence[Outcome]
 ) -> dict[DeliveryId, float]:
@@ -191,7 +204,7 @@ async def complete_deliveries(
         [o.delivery.id for o in outcomes],
         [o.delivery.lease_token for o in outcomes],
         [o.state for o in outcomes],
-        [o.error for o in outcomes],
+        [storable_error(o.error) for o in outcomes],
         [o.delay for o in outcomes],
     )
     return {DeliveryId(r["id"]): r["age"] for r in rows}

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from pcns.delivery.completer import Completer
+from pcns.metrics import Metrics
 from pcns.queue.records import ClaimedDelivery, Outcome
 from pcns.queue.store import claim_due_deliveries, complete_deliveries
 
@@ -213,3 +215,60 @@ async def test_racing_claimers_lease_one_delivery_per_account_and_only_the_newes
     assert {d.account: d.id for d in leased} == newest
     final = Counter(state for state, _ in (await states(conn)).values())
     assert final == {"in_flight": 60, "superseded": 180}
+
+
+async def test_outcome_error_text_is_stored_printable_and_bounded(
+    conn: asyncpg.Connection,
+) -> None:
+    """A target's raw text with a NUL and control characters (which PostgreSQL would refuse in
+    a text column) is stored with those characters replaced, and cut to a bounded length."""
+    await queue(conn, "nul")
+    await queue(conn, "long")
+    claimed, _ = await claim(conn)
+    by_account = {d.account: d for d in claimed}
+    ages = await complete_deliveries(
+        conn,
+        [
+            Outcome(by_account["nul"], "failed", "refused:\x00 bad\x1b[31m value"),
+            Outcome(by_account["long"], "pending", "x" * 5000, 30.0),
+        ],
+    )
+    assert set(ages) == {by_account["nul"].id, by_account["long"].id}
+    rows = {
+        r["account"]: r["last_error"]
+        for r in await conn.fetch("SELECT account, last_error FROM pcns_deliveries")
+    }
+    assert rows["nul"] == "refused:\ufffd bad\ufffd[31m value"
+    assert rows["long"] == "x" * 1000 + "..."
+
+
+async def test_completer_records_the_rest_when_the_database_refuses_one_outcome(
+    conn: asyncpg.Connection, db_url: str
+) -> None:
+    """One outcome PostgreSQL refuses (here a retry delay past the timestamp range) does not
+    hold back its group: the others are recorded, the refused one keeps its lease (the reaper
+    returns it to the queue when that runs out), and the completer goes on recording."""
+    for account in ("good", "bad", "later"):
+        await queue(conn, account)
+    claimed, _ = await claim(conn)
+    by_account = {d.account: d for d in claimed}
+    recorded = asyncio.Event()
+    async with (
+        asyncpg.create_pool(db_url, min_size=1, max_size=2) as pool,
+        Completer(pool, Metrics(), recorded.set) as completer,
+    ):
+        completer.add(Outcome(by_account["good"], "delivered"))
+        completer.add(Outcome(by_account["bad"], "pending", "busy", 1e300))
+        await asyncio.wait_for(recorded.wait(), timeout=10)
+        recorded.clear()
+        completer.add(Outcome(by_account["later"], "delivered"))
+        await asyncio.wait_for(recorded.wait(), timeout=10)
+    rows = {
+        r["account"]: (r["state"], r["lease_token"] is not None)
+        for r in await conn.fetch("SELECT account, state, lease_token FROM pcns_deliveries")
+    }
+    assert rows == {
+        "good": ("delivered", False),
+        "bad": ("in_flight", True),
+        "later": ("delivered", False),
+    }
