@@ -69,6 +69,16 @@ WORKERS = 8  # DeliverySettings().workers, the default the service runs with
 TARGET = "app"
 QUERY = "UPDATE users SET pw = :hash WHERE login = :account"
 NOOP_DELAY = 0.1  # (ii) control: 8 workers x 0.1 s ~ 80 deliveries/s, about argon2id's rate here
+# (ii) second control: a process unrelated to pcns that only burns CPU, at the lowest priority
+# the kernel offers (nice 19, and SCHED_IDLE where allowed), beside an idle receiver.
+BUSY_LOOP = (
+    "import contextlib, os\n"
+    "os.nice(19)\n"
+    "with contextlib.suppress(OSError, AttributeError):\n"
+    "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "while True:\n"
+    "    pass\n"
+)
 
 
 def sql_target(app_url: str) -> dict[str, Any]:
@@ -212,13 +222,16 @@ async def accept_while(
     role: str,
     count: int,
     prefix: str,
+    busy_loop: bool = False,
 ) -> Accepting:
     """Accept rate of a service in ``role`` over a copy of the backlog; with role ``all`` the
-    window opens once the worker is delivering."""
+    window opens once the worker is delivering. ``busy_loop`` runs :data:`BUSY_LOOP` in its own
+    process over the window."""
     url = await dbs.create("accept", template=template)
     port = free_port()
     settings = settings_of(files.document(url, port, targets=[target]))
     marks: dict[str, float] = {}
+    spinner: list[asyncio.subprocess.Process] = []
     # Before the service starts: once the worker runs, this process itself keeps the machine
     # busy, and a wait for a quiet machine would only let it drain the backlog.
     await dbs.quiesce(url, analyze=True)
@@ -229,10 +242,20 @@ async def accept_while(
                 await _wait_until(
                     lambda: delivered_count(service, TARGET) >= WORKERS, timeout=60, interval=0.01
                 )
+            if busy_loop:
+                proc = await asyncio.create_subprocess_exec(sys.executable, "-c", BUSY_LOOP)
+                spinner.append(proc)
+                await asyncio.sleep(0.2)
             marks["delivered"] = delivered_count(service, TARGET)
             marks["loop"] = time.thread_time()  # this thread runs the service's event loop
 
-        http = await run_loadgen({**closed_loop_spec(files, port, count), "prefix": prefix}, go)
+        try:
+            spec = {**closed_loop_spec(files, port, count), "prefix": prefix}
+            http = await run_loadgen(spec, go)
+        finally:
+            for proc in spinner:
+                proc.kill()
+                await proc.wait()
         loop_cpu = time.thread_time() - marks["loop"]
         delivered = delivered_count(service, TARGET) - marks["delivered"]
     if role == "all" and not delivered:
@@ -246,6 +269,7 @@ class AcceptResult:
     idle: list[Accepting] = field(default_factory=list)
     busy: list[Accepting] = field(default_factory=list)
     control: list[Accepting] = field(default_factory=list)
+    spinning: list[Accepting] = field(default_factory=list)
 
 
 async def bench_accept(
@@ -261,11 +285,19 @@ async def bench_accept(
             (out.idle, hashing, "receiver", "idle"),
             (out.busy, hashing, "all", "busy"),
             (out.control, waiting, "all", "noop"),
+            (out.spinning, hashing, "receiver", "spin"),
         ):
             prefix = f"t{r}{label}-"
             runs.append(
                 await accept_while(
-                    dbs, files, template, target, role=role, count=count, prefix=prefix
+                    dbs,
+                    files,
+                    template,
+                    target,
+                    role=role,
+                    count=count,
+                    prefix=prefix,
+                    busy_loop=label == "spin",
                 )
             )
         print(
@@ -273,7 +305,8 @@ async def bench_accept(
             f"{out.busy[-1].http.rate:.0f}/s while hashing "
             f"({out.busy[-1].delivered / out.busy[-1].http.elapsed:.0f} deliveries/s), "
             f"{out.control[-1].http.rate:.0f}/s with a 0.1-s noop target "
-            f"({out.control[-1].delivered / out.control[-1].http.elapsed:.0f} deliveries/s)",
+            f"({out.control[-1].delivered / out.control[-1].http.elapsed:.0f} deliveries/s), "
+            f"{out.spinning[-1].http.rate:.0f}/s idle beside a lowest-priority busy loop",
             file=sys.stderr,
             flush=True,
         )
@@ -331,6 +364,7 @@ def accept_rows(ii: AcceptResult, count: int) -> tuple[list[Row], list[str]]:
 
     paired = [b.http.rate / a.http.rate for a, b in zip(ii.idle, ii.busy, strict=True)]
     control = [c.http.rate / a.http.rate for a, c in zip(ii.idle, ii.control, strict=True)]
+    spinning = [c.http.rate / a.http.rate for a, c in zip(ii.idle, ii.spinning, strict=True)]
     out: list[Row] = [
         (
             "(ii)",
@@ -349,6 +383,12 @@ def accept_rows(ii: AcceptResult, count: int) -> tuple[list[Row], list[str]]:
             _rate(rates(ii.control)),
         ),
         ("(ii)", "  info: noop-target rate / idle, per round", _ratio(control, "none")),
+        (
+            "(ii)",
+            "  info: role receiver beside a busy loop in another process (nice 19, SCHED_IDLE)",
+            _rate(rates(ii.spinning)),
+        ),
+        ("(ii)", "  info: busy-loop rate / idle, per round", _ratio(spinning, "none")),
     ]
     every = [a.http.cpu for a in ii.idle + ii.busy + ii.control]
 
@@ -363,13 +403,16 @@ def accept_rows(ii: AcceptResult, count: int) -> tuple[list[Row], list[str]]:
         _cpu_line("idle", [a.http.cpu for a in ii.idle], count),
         _cpu_line("busy", [a.http.cpu for a in ii.busy], count),
         _cpu_line("noop 0.1 s", [a.http.cpu for a in ii.control], count),
+        _cpu_line("busy loop", [a.http.cpu for a in ii.spinning], count),
         "    of which the event-loop thread (HTTP, intake, worker loop):",
         loop_line("idle", ii.idle),
         loop_line("busy", ii.busy),
         loop_line("noop 0.1 s", ii.control),
+        loop_line("busy loop", ii.spinning),
         f"    other processes on the machine meanwhile: {_background(every)} cores (median)",
     ]
-    return out, notes + answers_warning("(ii)", [a.http for a in ii.idle + ii.busy + ii.control])
+    runs = ii.idle + ii.busy + ii.control + ii.spinning
+    return out, notes + answers_warning("(ii)", [a.http for a in runs])
 
 
 async def main(args: argparse.Namespace) -> None:
