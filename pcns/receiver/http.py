@@ -53,6 +53,7 @@ CONTEXT = web.AppKey("pcns_context", ReceiverContext)
 REQUEST_LOG = web.AppKey("pcns_request_log", structlog.typing.FilteringBoundLogger)
 SOURCE = web.RequestKey("pcns_source", str)
 CHANGE_ID = web.RequestKey("pcns_change_id", str)
+_JSON = {"Content-Type": "application/json"}
 
 
 class _BodyTooLarge(Exception):
@@ -60,7 +61,20 @@ class _BodyTooLarge(Exception):
 
 
 async def _read_capped(request: web.Request, limit: int) -> bytes:
-    """Read the body from the stream, stopping as soon as it passes ``limit`` bytes."""
+    """Read the body from the stream, stopping as soon as it passes ``limit`` bytes.
+
+    A declared Content-Length is enforced by the HTTP parser (it delivers that many bytes and no
+    more), so a body that declares a length within the limit is read in one call; a chunked body
+    is counted as it streams.
+    """
+    declared = request.content_length
+    if declared is not None:
+        if declared > limit:
+            raise _BodyTooLarge
+        try:
+            return await request.content.readexactly(declared)
+        except asyncio.IncompleteReadError:
+            raise web.HTTPBadRequest(reason="body shorter than its Content-Length") from None
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(64 * 1024):
@@ -134,16 +148,17 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
             "the change was not stored; send it again later",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
-    replayed = response != change.response
-    if not replayed:
-        ctx.metrics.accepted.labels(source).inc()
+    m = ctx.metrics
+    if response == change.response:
+        m.child(m.accepted, source).inc()
         for d in change.deliveries:
             if d.failed_reason is not None:
-                ctx.metrics.failed.labels(d.target, "account_template").inc()
+                m.failed.labels(d.target, "account_template").inc()
+        request[CHANGE_ID] = str(change.id)
     else:
-        ctx.metrics.replayed.labels(source).inc()
-    request[CHANGE_ID] = json.loads(response)["id"] if replayed else str(change.id)
-    return web.Response(status=202, text=response, content_type="application/json")
+        m.child(m.replayed, source).inc()
+        request[CHANGE_ID] = json.loads(response)["id"]
+    return web.Response(status=202, body=response.encode(), headers=_JSON)
 
 
 def _status_json(status: ChangeStatus) -> dict[str, object]:

@@ -16,9 +16,11 @@ def build_change(
 ) -> NewChange:
     """One delivery per matching target, each sealed and bound to its own row."""
     change_id = ChangeId(uuid7())
+    change_text = str(change_id)
     who = Identity(user=body.user, domain=body.domain, upn=body.upn)
     password = body.password.get_secret_value()
     deliveries = []
+    answer = []
     for route in router.routes_for(body.user):
         delivery_id = DeliveryId(uuid7())
         try:
@@ -27,15 +29,12 @@ def build_change(
             deliveries.append(
                 NewDelivery(delivery_id, route.target, "", sealed=None, failed_reason=str(exc))
             )
+            answer.append({"target": route.target, "state": "failed"})
             continue
-        ad = AssociatedData(str(delivery_id), str(change_id), route.target, account)
+        ad = AssociatedData(str(delivery_id), change_text, route.target, account)
         deliveries.append(NewDelivery(delivery_id, route.target, account, seal(keys, password, ad)))
-    response = orjson.dumps(
-        {
-            "id": str(change_id),
-            "deliveries": [{"target": d.target, "state": d.state} for d in deliveries],
-        }
-    ).decode()
+        answer.append({"target": route.target, "state": "pending"})
+    response = orjson.dumps({"id": change_text, "deliveries": answer}).decode()
     return NewChange(
         id=change_id,
         source=source,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from pydantic import (
@@ -54,18 +53,17 @@ ALLOWED_FIELDS = ", ".join(PasswordChangeIn.model_fields)
 
 
 def parse_change(body: bytes) -> PasswordChangeIn:
-    """Decode and validate; :class:`BodyRejected` says which fields are wrong."""
+    """Decode and validate in one pass; :class:`BodyRejected` says which fields are wrong."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BodyRejected("body is not valid UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise BodyRejected("body must be a JSON object")
-    try:
-        return PasswordChangeIn.model_validate(doc)
+        return PasswordChangeIn.model_validate_json(body)
     except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        if any(err["type"] == "json_invalid" for err in errors):
+            raise BodyRejected("body is not valid UTF-8 JSON") from None
+        if any(err["type"] == "model_type" and not err["loc"] for err in errors):
+            raise BodyRejected("body must be a JSON object") from None
         parts = []
-        for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        for err in errors:
             if err["type"] == "extra_forbidden":
                 # An unknown key is input too: name the allowed fields instead of echoing it.
                 parts.append(f"unknown field; allowed fields are {ALLOWED_FIELDS}")

@@ -134,6 +134,24 @@ async def test_body_too_large_gets_413_even_without_content_length(
     assert await queued(files) == (0, 0)
 
 
+async def test_chunked_body_within_the_cap_is_accepted(
+    service: RunningService, client: Client, files: ServiceFiles
+) -> None:
+    """A body sent in chunks, with no Content-Length, is read whole and accepted."""
+    body = body_of(domain="CORP")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 7):
+            yield body[i : i + 7]
+
+    async with client.session.post(
+        files.url + "/v1/password-changes", data=chunks(), headers=client.signed_headers(body)
+    ) as resp:
+        assert resp.status == 202
+        assert "Content-Length" not in resp.request_info.headers
+    assert await queued(files) == (1, 1)
+
+
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", ""])
 async def test_wrong_content_type_gets_415(
     service: RunningService, client: Client, files: ServiceFiles, ctype: str
