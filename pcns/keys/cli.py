@@ -50,9 +50,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rewrap.add_argument(
         "--pause",
         type=float,
-        default=0.2,
+        default=0.3,
         metavar="SECONDS",
-        help="pause after each batch so the running service keeps its pace (default 0.2)",
+        help="pause after each batch so the running service keeps its pace (default 0.3)",
     )
     retire = command("retire", "destroy a data key no queued ciphertext uses")
     retire.add_argument("key_id")
