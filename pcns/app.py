@@ -26,6 +26,7 @@ from pcns.keys.manager import KeyManager
 from pcns.metrics import Metrics
 from pcns.queue.keys import ciphertexts_per_key
 from pcns.queue.migrate import migrate
+from pcns.queue.retention import prune_finished
 from pcns.queue.store import queue_stats
 from pcns.receiver.committer import GroupCommitter
 from pcns.receiver.http import CONTEXT, ReceiverContext, add_routes, problem_middleware
@@ -37,6 +38,8 @@ from vault import FileKek, KekProvider, Keyring, TransitConfig, TransitKek
 log = structlog.get_logger(__name__)
 
 STATS_INTERVAL = 5.0
+PRUNE_FIRST_DELAY = 60.0
+PRUNE_INTERVAL = 3600.0
 COMMIT_FLUSHERS = 1  # see pcns.receiver.committer
 
 
@@ -146,6 +149,12 @@ async def running_service(
             )
             worker_task = asyncio.create_task(worker.run(stop), name="pcns-worker")
             stack.push_async_callback(_stop_and_await, worker_task, stop)
+            if settings.database.retention is not None:
+                prune_task = asyncio.create_task(
+                    _prune_history(pool, metrics, settings.database.retention, stop),
+                    name="pcns-prune",
+                )
+                stack.push_async_callback(_cancel, prune_task)
         committer = None
         if receiver:
             committer = await stack.enter_async_context(
@@ -220,6 +229,33 @@ async def _observe_queue(
             metrics.database_up.set(0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=STATS_INTERVAL)
+
+
+async def _prune_history(
+    pool: asyncpg.Pool, metrics: Metrics, retention: float, stop: asyncio.Event
+) -> None:
+    """``database.retention``: delete finished history once an hour, the first time a minute
+    after start (not while the service is still coming up)."""
+    delay = PRUNE_FIRST_DELAY
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        if stop.is_set():
+            return
+        delay = PRUNE_INTERVAL
+        try:
+            pruned = await prune_finished(pool, older_than=retention)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("history_prune_failed", error=type(exc).__name__)
+            continue
+        metrics.pruned.labels("deliveries").inc(pruned.deliveries)
+        metrics.pruned.labels("changes").inc(pruned.changes)
+        log.info(
+            "history_pruned",
+            deliveries=pruned.deliveries,
+            changes=pruned.changes,
+            skipped=pruned.skipped,
+        )
 
 
 async def run_service(

@@ -15,7 +15,7 @@ import aiohttp
 
 from pcns.config import Settings, load_settings
 from pcns.database import UNAVAILABLE_ERRORS
-from pcns.errors import PcnsError
+from pcns.errors import ConfigError, PcnsError
 from pcns.hooks import cli as hooks_cli
 from pcns.keys import cli as keys_cli
 from pcns.keys.admin import KeyAdminError
@@ -51,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     migrate = db_sub.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("--config", type=Path, required=True)
+    prune = db_sub.add_parser(
+        "prune",
+        help="delete finished deliveries and changes older than a duration "
+        "(pending ones and each account's newest delivered one are kept)",
+    )
+    prune.add_argument("--config", type=Path, required=True)
+    prune.add_argument(
+        "--older-than",
+        required=True,
+        metavar="DURATION",
+        help="for example 90d; at least 1h",
+    )
+    prune.add_argument("--batch", type=int, default=5000, help="rows per statement (5000)")
 
     keys_cli.add_parser(sub)
     hooks_cli.add_parser(sub)
@@ -107,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "db" and args.db_command == "prune":
+            return asyncio.run(_prune(load_settings(args.config), args.older_than, args.batch))
         if args.command == "db":
             return asyncio.run(_migrate(load_settings(args.config)))
         if args.command == "keys":
@@ -224,6 +239,33 @@ async def _migrate(settings: Settings) -> int:
             await conn.close()
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return EXIT_OK
+
+
+async def _prune(settings: Settings, older_than: str, batch: int) -> int:
+    from pcns.config import parse_duration
+    from pcns.database import create_pool, database_url
+    from pcns.queue.retention import MIN_RETENTION_SECONDS, prune_finished
+
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as exc:
+        raise ConfigError(f"--older-than: {exc}") from None
+    if seconds < MIN_RETENTION_SECONDS:
+        raise ConfigError("--older-than: must be at least 1h")
+    if not 1 <= batch <= 100_000:
+        raise ConfigError("--batch: must be between 1 and 100000")
+    async with (
+        database_url(settings.database) as url,
+        create_pool(url, size=2, wait=settings.database.connect_wait) as pool,
+    ):
+        pruned = await prune_finished(pool, older_than=seconds, batch=batch)
+    if pruned.skipped:
+        print("pcns db prune: another prune is running; nothing more was deleted", file=sys.stderr)
+    print(
+        f"deleted {pruned.deliveries} finished deliveries and {pruned.changes} changes "
+        f"older than {older_than}"
+    )
+    return EXIT_REJECTED if pruned.skipped else EXIT_OK
 
 
 def _receiver_url(settings: Settings) -> str:

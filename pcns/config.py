@@ -112,6 +112,21 @@ class DatabaseSettings(_Section):
     pool_size: int = Field(default=10, ge=2, le=200)
     # How long `pcns serve` waits for PostgreSQL to accept connections at start.
     connect_wait: Duration = 30.0
+    # Finished deliveries (and changes with none left) older than this are deleted hourly by the
+    # workers; unset keeps the history. See pcns.queue.retention for what is always kept.
+    retention: Duration | None = None
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention_off(cls, value: Any) -> Any:
+        return None if value in ("", "off") else value
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_floor(cls, value: float | None) -> float | None:
+        if value is not None and value < 3600:
+            raise ValueError("retention must be at least 1h (or unset to keep the history)")
+        return value
 
 
 class TransitSettings(_Section):

@@ -33,6 +33,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.pruned = Counter(
+            "pcns_history_pruned",
+            "Finished rows deleted by database.retention (table: changes or deliveries)",
+            ["table"],
+            registry=r,
+        )
         self.rejected = Counter(
             "pcns_changes_rejected",
             "Password-change requests refused, by reason",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -129,18 +130,11 @@ class Admission:
             g._probing = self._probe = True
         try:
             if g._slots is not None:
-                try:
-                    async with asyncio.timeout(self._wait):
-                        await g._slots.acquire()
-                except TimeoutError:
-                    raise NoSlot(f"target {g.name!r} is at its concurrency cap") from None
+                cap = f"{g.name!r} is at its concurrency cap"
+                await _within(self._wait, g._slots.acquire(), cap)
                 self._slot = True
             if g._bucket is not None:
-                try:
-                    async with asyncio.timeout(self._wait):
-                        await g._bucket.take()
-                except TimeoutError:
-                    raise NoSlot(f"target {g.name!r} is at its rate limit") from None
+                await _within(self._wait, g._bucket.take(), f"{g.name!r} is at its rate limit")
         except BaseException:
             self._leave()
             raise
@@ -158,3 +152,12 @@ class Admission:
         if self._probe:
             self._probe = False
             g._probing = False
+
+
+async def _within(wait: float, waiting: Awaitable[object], why: str) -> None:
+    """Await ``waiting`` for at most ``wait`` seconds; :class:`NoSlot` ("target ...") if not."""
+    try:
+        async with asyncio.timeout(wait):
+            await waiting
+    except TimeoutError:
+        raise NoSlot(f"target {why}") from None

@@ -43,6 +43,7 @@ def test_durations(value: object, seconds: float) -> None:
         ('[server]\nlisten = "0.0.0.0:8080"\n', "server"),
         ("[serverr]\n", "serverr"),
         ('[[targets]]\nname = "x"\ntype = "htpasswd"\naccount = "{user.__class__}"\n', "account"),
+        ('[database]\nretention = "10m"\n', "database.retention"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -50,6 +51,15 @@ def test_invalid_values_name_the_key(tmp_path: Path, text: str, key: str) -> Non
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text))
     assert key in str(info.value)
+
+
+def test_retention_is_off_unless_set(tmp_path: Path) -> None:
+    """History is kept unless database.retention is set; "off" says the same explicitly."""
+    assert load_settings(write(tmp_path, "")).database.retention is None
+    off = load_settings(write(tmp_path, '[database]\nretention = "off"\n'))
+    assert off.database.retention is None
+    days = load_settings(write(tmp_path, '[database]\nretention = "90d"\n'))
+    assert days.database.retention == 90 * 86400
 
 
 def test_adapter_settings_errors_name_the_target(tmp_path: Path) -> None:
