@@ -29,13 +29,30 @@ MIN_RETENTION_SECONDS = 3600.0
 PRUNE_LOCK = 0x70636E73_7072756E  # "pcnsprun"
 _FIRST_ID = UUID(int=0)
 
-_PRUNE_DELIVERIES = """
+
+def _walk_step(table: str, doomed: str) -> str:
+    """One step of the walk over ``table``: take the run's lock ($4), read the next window of
+    $2 primary keys after $1, delete the rows of it that ``doomed`` (a SELECT of ids from
+    ``win`` and ``lock``) names; answer whether the lock was held, the window's last key (None
+    at the end) and how many rows went."""
+    return f"""
 WITH lock AS (
     SELECT pg_try_advisory_xact_lock($4) AS held
 ), win AS (
-    SELECT id FROM pcns_deliveries WHERE id > $1 ORDER BY id LIMIT $2
+    SELECT id FROM {table} WHERE id > $1 ORDER BY id LIMIT $2
 ), doomed AS (
-    SELECT d.id FROM pcns_deliveries d JOIN win ON win.id = d.id, lock
+    {doomed}
+), gone AS (
+    DELETE FROM {table} t USING doomed WHERE t.id = doomed.id RETURNING t.id
+)
+SELECT (SELECT held FROM lock) AS held, (SELECT id FROM win ORDER BY id DESC LIMIT 1) AS last,
+       (SELECT count(*) FROM gone) AS deleted
+"""
+
+
+_PRUNE_DELIVERIES = _walk_step(
+    "pcns_deliveries",
+    """SELECT d.id FROM pcns_deliveries d JOIN win ON win.id = d.id, lock
     WHERE lock.held
       AND d.state IN ('delivered', 'failed', 'superseded', 'expired', 'cancelled')
       AND d.finished_at < now() - make_interval(secs => $3)
@@ -43,29 +60,16 @@ WITH lock AS (
           SELECT FROM pcns_deliveries n
           WHERE n.target = d.target AND n.account = d.account
             AND n.state IN ('delivered', 'failed')
-            AND (n.order_at, n.seq) > (d.order_at, d.seq)))
-), gone AS (
-    DELETE FROM pcns_deliveries d USING doomed WHERE d.id = doomed.id RETURNING d.id
+            AND (n.order_at, n.seq) > (d.order_at, d.seq)))""",
 )
-SELECT (SELECT held FROM lock) AS held, (SELECT id FROM win ORDER BY id DESC LIMIT 1) AS last,
-       (SELECT count(*) FROM gone) AS deleted
-"""
 
-_PRUNE_CHANGES = """
-WITH lock AS (
-    SELECT pg_try_advisory_xact_lock($4) AS held
-), win AS (
-    SELECT id FROM pcns_changes WHERE id > $1 ORDER BY id LIMIT $2
-), gone AS (
-    DELETE FROM pcns_changes c USING win, lock
-    WHERE c.id = win.id AND lock.held
+_PRUNE_CHANGES = _walk_step(
+    "pcns_changes",
+    """SELECT c.id FROM pcns_changes c JOIN win ON win.id = c.id, lock
+    WHERE lock.held
       AND c.received_at < now() - make_interval(secs => $3)
-      AND NOT EXISTS (SELECT FROM pcns_deliveries d WHERE d.change_id = c.id)
-    RETURNING c.id
+      AND NOT EXISTS (SELECT FROM pcns_deliveries d WHERE d.change_id = c.id)""",
 )
-SELECT (SELECT held FROM lock) AS held, (SELECT id FROM win ORDER BY id DESC LIMIT 1) AS last,
-       (SELECT count(*) FROM gone) AS deleted
-"""
 
 
 @dataclass(frozen=True, slots=True)
