@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Mapping
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -58,6 +60,32 @@ class Password:
 
     def __reduce__(self) -> Any:
         raise TypeError("a Password cannot be pickled")
+
+
+def read_secret_file(path: Path, *, what: str) -> str:
+    """The one line of a credential file (a trailing line break dropped).
+
+    ValueError, naming ``what`` and the file but never its content, when the file cannot be
+    read, is empty, holds more than one line, or may be read by group or others: a target's
+    credentials get the same care as the service's own secret files (chmod 600).
+    """
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what}: {path} is not UTF-8 text") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(
+            f"{what}: {path} has mode {stat.S_IMODE(mode):04o}; "
+            "group and others must have no access (chmod 600)"
+        )
+    if not text:
+        raise ValueError(f"{what}: {path} is empty")
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError(f"{what}: {path} must hold one line")
+    return text
 
 
 class TargetSettings(BaseModel):

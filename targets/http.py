@@ -27,7 +27,13 @@ import yarl
 from multidict import CIMultiDict
 from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 
-from targets.base import Password, PermanentError, TargetSettings, TransientError
+from targets.base import (
+    Password,
+    PermanentError,
+    TargetSettings,
+    TransientError,
+    read_secret_file,
+)
 from targets.hashing import HashScheme, hash_password_async
 from targets.http_status import (
     DEFAULT_RULES,
@@ -96,13 +102,7 @@ def _ssl_context(cert: Path | None, key: Path | None, ca_file: Path | None) -> s
 
 
 def _read_secret_file(path: Path, field: str) -> str:
-    try:
-        text = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{field}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    if not text or any(c in text for c in "\r\n\0"):
-        raise ValueError(f"{field}: must hold one non-empty line")
-    return text
+    return read_secret_file(path, what=field)
 
 
 class HttpSettings(TargetSettings):

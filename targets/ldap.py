@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from targets.base import Password, PermanentError, TargetError, TargetSettings, TransientError
+from targets.base import (
+    Password,
+    PermanentError,
+    TargetError,
+    TargetSettings,
+    TransientError,
+    read_secret_file,
+)
 from targets.hashing import hash_password_async
 from targets.ldap_pool import (
     CONNECTION_LOST,
@@ -114,7 +121,7 @@ class LdapSettings(TargetSettings):
     @classmethod
     def _bind_password_file(cls, value: Path | None) -> Path | None:
         if value is not None:
-            read_secret_file(value)
+            read_secret_file(value, what="bind_password_file")
         return value
 
     @field_validator("bind_dn", "search_base")
@@ -174,17 +181,6 @@ class LdapSettings(TargetSettings):
                 'hash: only used with mode = "replace"; the server hashes password_modify'
             )
         return self
-
-
-def read_secret_file(path: Path) -> str:
-    """The secret in ``path`` without its trailing line break; ValueError if unreadable or empty."""
-    try:
-        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not secret:
-        raise ValueError(f"{path} is empty")
-    return secret
 
 
 def server_text(message: object, *secrets: bytes) -> str:
@@ -375,9 +371,9 @@ class LdapTarget:
         else:
             assert settings.bind_password_file is not None
             try:
-                secret = read_secret_file(settings.bind_password_file)
+                secret = read_secret_file(settings.bind_password_file, what="bind_password_file")
             except ValueError as exc:
-                raise TransientError(f"bind_password_file: {exc}") from None
+                raise TransientError(str(exc)) from None
         raw = secret.encode("utf-8")
         try:
             return self._endpoint.open(settings.bind_dn, raw)

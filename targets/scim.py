@@ -46,7 +46,7 @@ from targets.scim_http import (
     StaticBearer,
     parse_json,
     read_body,
-    read_secret_file,
+    read_credential,
     retry_after_seconds,
     translated_errors,
 )
@@ -110,7 +110,7 @@ class ScimSettings(TargetSettings):
     def _secret_file_readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is not None:
             # ValueError naming the problem, never the content.
-            read_secret_file(value, token=info.field_name == "token_file")
+            read_credential(value, what=str(info.field_name), token=info.field_name == "token_file")
         return value
 
     @field_validator("ca_file")

@@ -25,7 +25,7 @@ from urllib.parse import quote_plus
 import aiohttp
 from pydantic import SecretStr
 
-from targets.base import TransientError
+from targets.base import TransientError, read_secret_file
 
 MAX_BODY: Final = 1024 * 1024
 # RFC 6750 b64token, loosened to any visible ASCII: what can go into a header unmangled.
@@ -35,18 +35,11 @@ _OAUTH_ERROR_CODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,60}")
 _EXPIRY_MARGIN: Final = 60.0
 
 
-def read_secret_file(path: Path, *, token: bool = False) -> str:
-    """The stripped content of a secret file; ValueError naming the problem, never the content."""
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
-    if not value:
-        raise ValueError(f"{path} is empty")
+def read_credential(path: Path, *, what: str, token: bool = False) -> str:
+    """:func:`targets.base.read_secret_file`, and for a bearer token its character set."""
+    value = read_secret_file(path, what=what).strip()
     if token and not _TOKEN.fullmatch(value):
-        raise ValueError(f"{path} holds spaces or characters a bearer token cannot have")
+        raise ValueError(f"{what}: {path} holds spaces or characters a bearer token cannot have")
     return value
 
 
@@ -142,9 +135,11 @@ class BearerFile:
     async def authorization(self, session: aiohttp.ClientSession) -> str:
         if self._header is None:
             try:
-                token = await asyncio.to_thread(read_secret_file, self._path, token=True)
+                token = await asyncio.to_thread(
+                    read_credential, self._path, what="token_file", token=True
+                )
             except ValueError as exc:
-                raise TransientError(f"token_file: {exc}; fix the credentials file") from None
+                raise TransientError(f"{exc}; fix the credentials file") from None
             self._header = f"Bearer {token}"
         return self._header
 
@@ -192,9 +187,11 @@ class OAuth2ClientCredentials:
         if isinstance(self._client_secret, SecretStr):
             return self._client_secret.get_secret_value()
         try:
-            return await asyncio.to_thread(read_secret_file, self._client_secret)
+            return await asyncio.to_thread(
+                read_credential, self._client_secret, what="client_secret_file"
+            )
         except ValueError as exc:
-            raise TransientError(f"client_secret_file: {exc}; fix the credentials file") from None
+            raise TransientError(f"{exc}; fix the credentials file") from None
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
         secret = await self._secret()

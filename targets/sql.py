@@ -38,7 +38,14 @@ from pydantic import (
     model_validator,
 )
 
-from targets.base import Password, PermanentError, TargetError, TargetSettings, TransientError
+from targets.base import (
+    Password,
+    PermanentError,
+    TargetError,
+    TargetSettings,
+    TransientError,
+    read_secret_file,
+)
 from targets.hashing import HashScheme, hash_password_async
 
 Dialect = Literal["postgresql", "sqlite", "mysql"]
@@ -236,11 +243,7 @@ class SqlSettings(TargetSettings):
     @classmethod
     def _dsn_file_scheme(cls, value: Path | None) -> Path | None:
         if value is not None:
-            try:
-                dsn = value.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read {value}: {exc.strerror}") from None
-            dialect_of(dsn)
+            dialect_of(read_secret_file(value, what="dsn_file").strip())
         return value
 
     @field_validator("query")
@@ -254,7 +257,7 @@ class SqlSettings(TargetSettings):
             if isinstance(dsn, SecretStr):
                 dialect = dialect_of(dsn.get_secret_value())
             elif isinstance(dsn_file, Path):
-                dialect = dialect_of(dsn_file.read_text(encoding="utf-8").strip())
+                dialect = dialect_of(read_secret_file(dsn_file, what="dsn_file").strip())
         compile_query(value, dialect)
         return value
 
@@ -555,12 +558,10 @@ class SqlTarget:
         assert settings.dsn_file is not None
         # Read on first use as well as at load, so a rotated credential file is picked up.
         try:
-            text = await asyncio.to_thread(settings.dsn_file.read_text, encoding="utf-8")
+            text = await asyncio.to_thread(read_secret_file, settings.dsn_file, what="dsn_file")
             dialect_of(text.strip())
-        except OSError as exc:
-            raise PermanentError(f"dsn_file: cannot read: {exc.strerror}") from exc
         except ValueError as exc:
-            raise PermanentError(f"dsn_file: {exc}") from None
+            raise PermanentError(str(exc)) from None
         return text.strip()
 
     async def set_password(self, account: str, password: Password) -> None:

@@ -123,6 +123,13 @@ class ServiceFiles:
         return path
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """Write (or rewrite) a credential file the way an operator must: mode 0600."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
 def htpasswd_target(name: str, path: Path, **extra: Any) -> dict[str, Any]:
     return {"name": name, "type": "htpasswd", "path": path, "bcrypt_cost": 4, **extra}
 

@@ -33,6 +33,7 @@ from pydantic import JsonValue, ValidationError
 
 from targets.base import Password, PermanentError, TransientError
 from targets.http import HttpSettings, HttpTarget
+from tests.support import write_secret
 
 UNICODE = "Пароль-密码-🔑-ß"
 LONG = "aB3$" * 32  # 128 characters
@@ -430,13 +431,13 @@ async def test_basic_auth(
 ) -> None:
     """basic_user and basic_password_file authenticate; a wrong password gets 401, permanent."""
     secret = tmp_path / "basic.secret"
-    secret.write_text("svc-Pässword\n")
+    write_secret(secret, "svc-Pässword\n")
     server.required_auth = "Basic " + base64.b64encode("pcns-svc:svc-Pässword".encode()).decode()
     target = plain(basic_user="pcns-svc", basic_password_file=secret)
     await target.set_password("alice", Password("pw"))
     assert server.stored["alice"]["password"] == "pw"
 
-    secret.write_text("rotated-wrong\n")  # re-read per request: a rotated file needs no restart
+    write_secret(secret, "rotated-wrong\n")  # re-read per request: a rotated file needs no restart
     with pytest.raises(PermanentError, match="HTTP 401"):
         await target.set_password("alice", Password("pw2"))
 
@@ -446,7 +447,7 @@ async def test_bearer_auth(
 ) -> None:
     """bearer_token_file sends ``Authorization: Bearer <token>``; without it the app refuses."""
     token = tmp_path / "token"
-    token.write_text("tok-123.abc\n")
+    write_secret(token, "tok-123.abc\n")
     server.required_auth = "Bearer tok-123.abc"
     await plain(bearer_token_file=token).set_password("alice", Password("pw"))
     assert server.stored["alice"]["password"] == "pw"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.ldap_server import LDAPWHOAMI, SLAPD
+from tests.support import write_secret
 
 _MISSING = [
     name
@@ -90,7 +91,7 @@ def own_slapd(tmp_path: Path, ldap_tls: TlsFiles) -> Iterator[Slapd]:
 @pytest.fixture
 def password_file(tmp_path: Path) -> Path:
     path = tmp_path / "bind.pw"
-    path.write_text(SERVICE_PASSWORD + "\n")
+    write_secret(path, SERVICE_PASSWORD + "\n")
     path.chmod(0o600)
     return path
 
@@ -314,7 +315,7 @@ async def test_bad_service_account_password_is_transient(
 ) -> None:
     """A wrong service-account password is transient (an operator can fix it) and is named."""
     wrong = tmp_path / "wrong.pw"
-    wrong.write_text("Not-The-Service-Pw")
+    write_secret(wrong, "Not-The-Service-Pw")
     uid = new_uid()
     dn = slapd.add_user(uid, INITIAL)
     target = make_target(bind_password_file=wrong)
@@ -327,7 +328,7 @@ async def test_bad_service_account_password_is_transient(
     assert await slapd.whoami(dn, INITIAL)
 
     # The file is read again on reconnect: once fixed, the same target works.
-    wrong.write_text(SERVICE_PASSWORD)
+    write_secret(wrong, SERVICE_PASSWORD)
     await target.set_password(uid, Password("Second-Pw-2"))
     await assert_new_password_only(slapd, dn, "Second-Pw-2")
 

@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support import write_secret
+
 try:
     import scim2_server  # noqa: F401  (the oracle of these tests)
 except ImportError:
@@ -179,11 +181,11 @@ async def test_rotated_token_file_is_picked_up(
     """After a 401 the token file is read again, so fixing the file fixes the next attempt."""
     alice = await scim_server.create_user(http, "alice")
     token_file = tmp_path / "scim.token"
-    token_file.write_text("stale-token\n")
+    write_secret(token_file, "stale-token\n")
     async with scim_target(scim_server.base_url, token_file=token_file) as target:
         with pytest.raises(TransientError, match="credentials"):
             await target.set_password("alice", Password("Pa55-word"))
-        token_file.write_text(scim_server.token + "\n")
+        write_secret(token_file, scim_server.token + "\n")
         await target.set_password("alice", Password("Pa55-word"))
     assert scim_server.stored_user(alice)["password"] == "Pa55-word"
 
@@ -595,7 +597,7 @@ async def test_oauth2_wrong_client_secret_is_transient(
 ) -> None:
     """A refused client secret (invalid_client) is transient, says so, and sends no password."""
     secret_file = tmp_path / "client.secret"
-    secret_file.write_text("wrong-secret\n")
+    write_secret(secret_file, "wrong-secret\n")
     fields = oauth_fields(scripted, client_secret_file=secret_file)
     del fields["client_secret"]
     async with scim_target(scripted.base_url, **fields) as target:
@@ -605,7 +607,7 @@ async def test_oauth2_wrong_client_secret_is_transient(
         assert "wrong-secret" not in caught.value.reason
         with pytest.raises(TransientError, match="client credentials"):
             await target.check()
-        secret_file.write_text(ScriptedScim.CLIENT_SECRET)  # fixed by the operator
+        write_secret(secret_file, ScriptedScim.CLIENT_SECRET)  # fixed by the operator
         await target.set_password("alice", Password("Pa55-word"))
     assert len(scripted.patched) == 1
 

@@ -12,6 +12,7 @@ from pydantic import SecretStr, ValidationError
 from targets.base import Password, PermanentError, TransientError
 from targets.hashing import verify_password
 from targets.sql import SqlSettings, SqlTarget, compile_query
+from tests.support import write_secret
 
 UPDATE = "UPDATE users SET pw_hash = :hash WHERE login = :account"
 UNICODE = "Пароль-密码-🔑-ß"
@@ -133,7 +134,7 @@ async def test_unreachable_postgresql_is_transient() -> None:
 async def test_dsn_file_is_read(users_db: str, tmp_path: Path) -> None:
     """A DSN kept in a file works like an inline one."""
     dsn_file = tmp_path / "dsn"
-    dsn_file.write_text(users_db + "\n")
+    write_secret(dsn_file, users_db + "\n")
     settings = SqlSettings(dsn_file=dsn_file, query=UPDATE, hash="ssha512")
     target = SqlTarget("app", settings)
     try:
