@@ -242,9 +242,9 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _prune(settings: Settings, older_than: str, batch: int) -> int:
-    from pcns.config import parse_duration
+    from pcns.config import MIN_RETENTION_SECONDS, parse_duration
     from pcns.database import create_pool, database_url
-    from pcns.queue.retention import MIN_RETENTION_SECONDS, prune_finished
+    from pcns.queue.retention import prune_finished
 
     try:
         seconds = parse_duration(older_than)

@@ -52,6 +52,11 @@ def parse_duration(value: Any) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+# The shortest database.retention / `pcns db prune --older-than`: far beyond the signature's
+# timestamp tolerance (a resend must be stale before its change row can be gone), and a typo
+# such as "30s" cannot wipe the last hour's history.
+MIN_RETENTION_SECONDS = 3600.0
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -124,7 +129,7 @@ class DatabaseSettings(_Section):
     @field_validator("retention")
     @classmethod
     def _retention_floor(cls, value: float | None) -> float | None:
-        if value is not None and value < 3600:
+        if value is not None and value < MIN_RETENTION_SECONDS:
             raise ValueError("retention must be at least 1h (or unset to keep the history)")
         return value
 

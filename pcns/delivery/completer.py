@@ -103,9 +103,9 @@ class Completer:
             self._on_recorded()
             for outcome in group:
                 d = outcome.delivery
-                age = ages.get(d.id)
                 if d.id in unrecorded:
                     continue
+                age = ages.get(d.id)
                 if age is None:
                     log.warning("delivery_lease_lost", delivery_id=str(d.id), target=d.target)
                 elif outcome.state == "delivered":

@@ -23,9 +23,8 @@ from uuid import UUID
 
 import asyncpg
 
-# Shorter than this and a resend could outlive its change row (the signature tolerance is at
-# most minutes); also keeps a typo such as "30s" from wiping the history of the last hour.
-MIN_RETENTION_SECONDS = 3600.0
+from pcns.config import MIN_RETENTION_SECONDS
+
 PRUNE_LOCK = 0x70636E73_7072756E  # "pcnsprun"
 _FIRST_ID = UUID(int=0)
 

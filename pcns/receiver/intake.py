@@ -20,7 +20,6 @@ def build_change(
     who = Identity(user=body.user, domain=body.domain, upn=body.upn)
     password = body.password.get_secret_value()
     deliveries = []
-    answer = []
     for route in router.routes_for(body.user):
         delivery_id = DeliveryId(uuid7())
         try:
@@ -29,12 +28,15 @@ def build_change(
             deliveries.append(
                 NewDelivery(delivery_id, route.target, "", sealed=None, failed_reason=str(exc))
             )
-            answer.append({"target": route.target, "state": "failed"})
             continue
         ad = AssociatedData(str(delivery_id), change_text, route.target, account)
         deliveries.append(NewDelivery(delivery_id, route.target, account, seal(keys, password, ad)))
-        answer.append({"target": route.target, "state": "pending"})
-    response = orjson.dumps({"id": change_text, "deliveries": answer}).decode()
+    response = orjson.dumps(
+        {
+            "id": change_text,
+            "deliveries": [{"target": d.target, "state": d.state} for d in deliveries],
+        }
+    ).decode()
     return NewChange(
         id=change_id,
         source=source,
