@@ -804,6 +804,7 @@ async def prefill_through_intake(url: str, settings: Any, n: int, prefix: str) -
             changes = [
                 build_change(
                     PasswordChangeIn(user=f"{prefix}{i}", password=SecretStr(f"{PASSWORD}{i}")),
+                    f"{PASSWORD}{i}",
                     source="dc01",
                     webhook_id=f"msg_{prefix}{i}",
                     router=router,

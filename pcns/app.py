@@ -170,8 +170,10 @@ async def running_service(
         app[CONTEXT] = ReceiverContext(
             pool=pool,
             keys=keys.keyring,
+            hook_keys=keys.hook_keys,
             router=Router(settings.targets),
             sources=sources,
+            sealed_sources=frozenset(s.id for s in settings.sources if s.require_sealed),
             admin_token=admin_token,
             metrics=metrics,
             max_body_bytes=settings.server.max_body_bytes,

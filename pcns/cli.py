@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     notify.add_argument("--changed-at", help="ISO 8601 time of the change at the source")
     notify.add_argument("--webhook-id", help="stable id of this change (default: random)")
     notify.add_argument(
+        "--seal",
+        action="store_true",
+        help="seal the password to a hook key (needs --recipient-key-id, --recipient-key-file)",
+    )
+    notify.add_argument("--recipient-key-id", help="hook key id (pcns keys hook list)")
+    notify.add_argument(
+        "--recipient-key-file", type=Path, help="its public half (pcns keys hook export)"
+    )
+    notify.add_argument(
         "--retry-for",
         type=float,
         default=60.0,
@@ -281,7 +290,7 @@ def _ssl_context(args: argparse.Namespace) -> Any:
 
 
 async def _notify(args: argparse.Namespace) -> int:
-    from pcns.notify import NotifyFailed, Sender
+    from pcns.notify import NotifyFailed, Sender, load_recipient
 
     settings = load_settings(args.config) if args.config else None
     url = args.url or (_receiver_url(settings) if settings else None)
@@ -292,6 +301,15 @@ async def _notify(args: argparse.Namespace) -> int:
     if url is None or secret_file is None:
         print("pcns notify: give --config, or --url and --secret-file", file=sys.stderr)
         return EXIT_USAGE
+    recipient = None
+    if args.seal or args.recipient_key_id or args.recipient_key_file:
+        if not (args.seal and args.recipient_key_id and args.recipient_key_file):
+            print(
+                "pcns notify: --seal, --recipient-key-id and --recipient-key-file go together",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        recipient = load_recipient(args.recipient_key_id, args.recipient_key_file)
     if sys.stdin.isatty():
         print("pcns notify: type the new password, then Ctrl-D", file=sys.stderr)
     password = sys.stdin.read().removesuffix("\n")
@@ -315,6 +333,7 @@ async def _notify(args: argparse.Namespace) -> int:
         secret=read_webhook_secret(secret_file),
         ssl_context=_ssl_context(args),
         max_delay=args.retry_for,
+        recipient=recipient,
     )
     try:
         result = await sender.send(change, webhook_id=args.webhook_id)

@@ -207,6 +207,8 @@ class DeliverySettings(_Section):
 class SourceSettings(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     secret_file: Path
+    # Refuse plaintext ``password`` bodies from this source (403): its hook must seal.
+    require_sealed: bool = False
 
 
 class TargetConfig(BaseModel):

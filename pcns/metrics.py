@@ -45,6 +45,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.sealed_opened = Counter(
+            "pcns_sealed_changes_opened",
+            "Sealed changes opened at intake, by hook key (is an old key still in use?)",
+            ["key_id"],
+            registry=r,
+        )
         self.delivered = Counter(
             "pcns_deliveries_delivered", "Deliveries the target accepted", ["target"], registry=r
         )

@@ -6,9 +6,11 @@ same webhook-id, so the receiver dedupes a resend; any other answer is final.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import re
 import ssl
 import time
 import uuid
@@ -24,7 +26,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from pcns.errors import ConfigError
 from pcns.receiver.signature import sign
+from vault import HookPublicKey, KeyringError, parse_public_key, seal_for_hook
 
 
 def stable_webhook_id(secret: bytes, *parts: str | bytes) -> str:
@@ -71,10 +75,14 @@ class Sender:
     ssl_context: ssl.SSLContext | None = None
     timeout: float = 10.0
     max_delay: float = 60.0
+    # When set, the password is sealed to this hook key and sent as ``sealed``.
+    recipient: HookPublicKey | None = None
 
     async def send(self, change: dict[str, Any], *, webhook_id: str | None = None) -> NotifyResult:
         """Post ``change`` (with its ``password``), retrying transient failures."""
         wid = webhook_id or f"msg_{uuid.uuid4().hex}"
+        if self.recipient is not None:
+            change = self._sealed(change, wid, self.recipient)
         body = json.dumps(change, ensure_ascii=False).encode("utf-8")
         try:
             async for attempt in AsyncRetrying(
@@ -88,6 +96,21 @@ class Sender:
         except _Retryable as exc:
             raise NotifyFailed(exc.detail) from None
         raise NotifyFailed("no attempt made")  # pragma: no cover - tenacity reraises
+
+    def _sealed(
+        self, change: dict[str, Any], webhook_id: str, recipient: HookPublicKey
+    ) -> dict[str, Any]:
+        """``change`` with its password replaced by the password sealed to ``recipient``."""
+        sealed = dict(change)
+        ct = seal_for_hook(
+            recipient,
+            sealed.pop("password"),
+            source=self.source,
+            webhook_id=webhook_id,
+            user=change["user"],
+        )
+        sealed["sealed"] = {"key_id": recipient.key_id, "ciphertext": base64.b64encode(ct).decode()}
+        return sealed
 
     async def _post_once(self, webhook_id: str, body: bytes) -> NotifyResult:
         ts = int(time.time())
@@ -128,3 +151,20 @@ def client_ssl_context(
     if cert_file is not None:
         ctx.load_cert_chain(cert_file, key_file)
     return ctx
+
+
+def load_recipient(key_id: str, path: Path) -> HookPublicKey:
+    """The hook key to seal to: its id and its public half from ``path`` (the output of
+    ``pcns keys hook export``, PEM or raw). :class:`ConfigError` names the file."""
+    if not re.fullmatch(r"hpk-[A-Za-z0-9-]{1,60}", key_id):
+        raise ConfigError(f"recipient key id {key_id!r} is not a hook key id (hpk-...)")
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise ConfigError(f"recipient key file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"recipient key file {path} cannot be read as text") from None
+    try:
+        return parse_public_key(key_id, text)
+    except KeyringError as exc:
+        raise ConfigError(f"recipient key file {path}: {exc}") from None

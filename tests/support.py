@@ -4,6 +4,7 @@ that can cut the service off from PostgreSQL (a real outage, as a network partit
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import shutil
@@ -30,7 +31,7 @@ from pcns.secret_files import (
     new_webhook_secret,
     write_private_file,
 )
-from vault import create_keyring_file
+from vault import FileKek, HookPublicKey, create_keyring_file, seal_for_hook
 
 HTPASSWD = shutil.which("htpasswd")
 
@@ -80,6 +81,7 @@ class ServiceFiles:
     delivery: dict[str, Any] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
     vault: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # more keys of the dc01 source
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ class ServiceFiles:
             "vault": {"keyring": self.keyring, **self.vault},
             "admin": {"token_file": self.token_file},
             "delivery": {"poll_interval": "200ms", **self.delivery},
-            "sources": [{"id": "dc01", "secret_file": self.secret_file}],
+            "sources": [{"id": "dc01", "secret_file": self.secret_file, **self.source}],
             "targets": self.targets,
         }
 
@@ -306,3 +308,37 @@ async def fetch_all(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
         return rows
     finally:
         await conn.close()
+
+
+async def hook_key_op(files: ServiceFiles, op: str, key_id: str | None = None) -> HookPublicKey:
+    """Run a hook-key operation (create, rotate, retire) as `pcns keys hook` does, against the
+    service's database; returns the key's public half (empty point for retire)."""
+    from pcns.database import create_pool
+    from pcns.keys import hook_admin
+
+    async with create_pool(files.db_url, size=2, wait=5) as pool:
+        if op == "retire":
+            assert key_id is not None
+            await hook_admin.retire(pool, actor="test", key_id=key_id)
+            return HookPublicKey(key_id, b"")
+        kek = FileKek(files.keyring)
+        kid = await hook_admin.create(pool, kek, actor="test", rotate=op == "rotate")
+        return await hook_admin.public_key(pool, kid)
+
+
+def sealed_body(
+    key: HookPublicKey,
+    password: str,
+    *,
+    webhook_id: str,
+    user: str = "alice",
+    source: str = "dc01",
+    sealed_user: str | None = None,
+    **fields: Any,
+) -> bytes:
+    """A change body whose password is sealed to ``key`` for (source, webhook_id, user)."""
+    ct = seal_for_hook(
+        key, password, source=source, webhook_id=webhook_id, user=sealed_user or user
+    )
+    sealed = {"key_id": key.key_id, "ciphertext": base64.b64encode(ct).decode()}
+    return json.dumps({"user": user, "sealed": sealed, **fields}).encode()

@@ -7,6 +7,14 @@ nothing from ``pcns`` or ``targets``.
 
 from vault.aead import AssociatedData, Sealed, open_sealed, reseal, seal
 from vault.errors import IntegrityError, KekError, KeyringError, VaultError
+from vault.hook_seal import (
+    HookKeyring,
+    HookPublicKey,
+    new_hook_key_pair,
+    parse_public_key,
+    seal_for_hook,
+    seal_info,
+)
 from vault.kek import KekProvider, WrappedKey
 from vault.kek_file import FileKek, add_kek, create_keyring_file, prune_keks
 from vault.kek_transit import TransitConfig, TransitKek
@@ -16,6 +24,8 @@ __all__ = [
     "KEY_BYTES",
     "AssociatedData",
     "FileKek",
+    "HookKeyring",
+    "HookPublicKey",
     "IntegrityError",
     "KekError",
     "KekProvider",
@@ -29,8 +39,12 @@ __all__ = [
     "WrappedKey",
     "add_kek",
     "create_keyring_file",
+    "new_hook_key_pair",
     "open_sealed",
+    "parse_public_key",
     "prune_keks",
     "reseal",
     "seal",
+    "seal_for_hook",
+    "seal_info",
 ]

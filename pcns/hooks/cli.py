@@ -71,6 +71,7 @@ def _sender(settings: HookSettings, secret: bytes, *, max_delay: float) -> Sende
         ssl_context=ctx,
         timeout=settings.timeout,
         max_delay=max_delay,
+        recipient=settings.recipient(),
     )
 
 

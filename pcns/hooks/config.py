@@ -10,11 +10,12 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pcns.config import Duration, format_validation_error, is_loopback, read_toml
 from pcns.errors import ConfigError
-from pcns.notify import client_ssl_context
+from pcns.notify import client_ssl_context, load_recipient
+from vault import HookPublicKey
 
 _NAME = r"^[^\x00-\x1f\x7f]{1,256}$"
 
@@ -33,6 +34,15 @@ class HookSettings(BaseModel):
     domain: str | None = Field(default=None, pattern=_NAME)
     timeout: Duration = Field(default=10.0, gt=0)
     retry_for: Duration = Field(default=60.0, ge=0)
+    # Seal each password to this pcns hook key (both or neither): `pcns keys hook export`.
+    recipient_key_id: str | None = Field(default=None, pattern=r"^hpk-[A-Za-z0-9-]{1,60}$")
+    recipient_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _recipient_pair(self) -> HookSettings:
+        if (self.recipient_key_id is None) != (self.recipient_key_file is None):
+            raise ValueError("recipient_key_id and recipient_key_file go together")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -44,6 +54,12 @@ class HookSettings(BaseModel):
             # The body carries the password: in clear only over loopback.
             raise ValueError("must use https:// unless the receiver is on loopback")
         return value.rstrip("/")
+
+    def recipient(self) -> HookPublicKey | None:
+        """The hook key to seal to, or None to send the password itself (over TLS)."""
+        if self.recipient_key_id is None or self.recipient_key_file is None:
+            return None
+        return load_recipient(self.recipient_key_id, self.recipient_key_file)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """System CAs plus ``ca_file``; a client certificate when the receiver wants mutual TLS."""

@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 
 from pcns.config import VaultSettings
+from pcns.keys import hook_admin
 from pcns.keys.manager import new_key_id
 from pcns.queue import keys as sql
 from vault import (
@@ -259,8 +260,9 @@ async def retire(pool: asyncpg.Pool, *, actor: str, key_id: str) -> None:
 
 
 async def rotate_kek(pool: asyncpg.Pool, kek: KekProvider, *, actor: str) -> int:
-    """Rewrap every data key under the current KEK: a new KEK in the keyring file (file
-    provider), or the newest key version on the server (transit). Returns the keys rewrapped."""
+    """Rewrap every data key and hook key under the current KEK: a new KEK in the keyring file
+    (file provider), or the newest key version on the server (transit). Returns the data keys
+    rewrapped."""
     new_kek: str | None = None
     if isinstance(kek, FileKek):
         new_kek = await asyncio.to_thread(add_kek, kek.path)
@@ -273,12 +275,14 @@ async def rotate_kek(pool: asyncpg.Pool, kek: KekProvider, *, actor: str) -> int
                 continue
             await sql.set_wrapped(conn, row.id, await kek.rewrap(row.id, row.wrapped))
             count += 1
+        # Hook keys are wrapped by the same KEK: an old KEK pruned below must protect nothing.
+        hook_keys = await hook_admin.rewrap_all(conn, kek)
         await sql.audit(
             conn,
             actor,
             "rotate-kek",
             None,
-            {"kek": kek.name, "rewrapped": count, "new_kek": new_kek},
+            {"kek": kek.name, "rewrapped": count, "hook_keys": hook_keys, "new_kek": new_kek},
         )
         await sql.notify_keys_changed(conn)
     if isinstance(kek, FileKek):

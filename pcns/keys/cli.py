@@ -1,4 +1,4 @@
-"""``pcns keys``: init, list, rotate, rewrap, retire, rotate-kek, audit."""
+"""``pcns keys``: init, list, rotate, rewrap, retire, rotate-kek, audit, and ``hook ...``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import asyncpg
 
 from pcns.config import Settings, load_settings
 from pcns.database import create_pool, database_url
-from pcns.keys import admin
+from pcns.keys import admin, hook_admin
 from pcns.queue import keys as sql
 from pcns.queue.migrate import migrate
 from vault import KekProvider, create_keyring_file
@@ -25,17 +25,40 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     keys = sub.add_parser("keys", help="data keys and key-encryption keys (security team)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = keys_sub.add_parser(name, help=help_text)
+    def command(
+        name: str, help_text: str, into: argparse._SubParsersAction[argparse.ArgumentParser]
+    ) -> argparse.ArgumentParser:
+        p = into.add_parser(name, help=help_text)
         p.add_argument("--config", type=Path, required=True)
         p.add_argument(
             "--actor", default=None, help="who runs this, for the audit log (default user@host)"
         )
         return p
 
-    command("init", "create the file KEK (vault.keyring, mode 0600)")
-    command("list", "every data key: state, age, encryptions, queued ciphertexts")
-    rotate = command("rotate", "create a new data key and make it primary, online")
+    hook = keys_sub.add_parser(
+        "hook", help="hook keys: the P-256 recipients hooks seal changes to (RFC 9180 HPKE)"
+    )
+    hook_sub = hook.add_subparsers(dest="hook_command", required=True)
+    command("create", "create the first hook key", hook_sub)
+    command("rotate", "create a new current hook key; the old one stays active", hook_sub)
+    command("list", "every hook key: state, creation time", hook_sub)
+    export = command("export", "print a hook key's public half for configuring hooks", hook_sub)
+    export.add_argument("key_id", nargs="?", help="default: the current hook key")
+    export.add_argument(
+        "--format",
+        choices=("pem", "raw", "json"),
+        default="pem",
+        help="pem: SubjectPublicKeyInfo; raw: the 65-byte point as hex; json: both and the id",
+    )
+    hook_retire = command("retire", "destroy a hook key (not the current one)", hook_sub)
+    hook_retire.add_argument("key_id")
+
+    def keys_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return command(name, help_text, keys_sub)
+
+    keys_command("init", "create the file KEK (vault.keyring, mode 0600)")
+    keys_command("list", "every data key: state, age, encryptions, queued ciphertexts")
+    rotate = keys_command("rotate", "create a new data key and make it primary, online")
     rotate.add_argument(
         "--propagation",
         type=float,
@@ -44,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="how long the new key is loaded everywhere before it becomes primary "
         "(default: vault.refresh_interval + 1)",
     )
-    rewrap = command("rewrap", "re-encrypt queued ciphertexts under the primary data key")
+    rewrap = keys_command("rewrap", "re-encrypt queued ciphertexts under the primary data key")
     rewrap.add_argument("--batch", type=int, default=1000)
     rewrap.add_argument("--parallel", type=int, default=2, help="batches in flight (default 2)")
     rewrap.add_argument(
@@ -54,10 +77,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="SECONDS",
         help="pause after each batch so the running service keeps its pace (default 0.3)",
     )
-    retire = command("retire", "destroy a data key no queued ciphertext uses")
+    retire = keys_command("retire", "destroy a data key no queued ciphertext uses")
     retire.add_argument("key_id")
-    command("rotate-kek", "rewrap every data key under the current key-encryption key")
-    audit = command("audit", "the key audit log, newest first")
+    keys_command("rotate-kek", "rewrap every data key under the current key-encryption key")
+    audit = keys_command("audit", "the key audit log, newest first")
     audit.add_argument("--limit", type=int, default=50)
 
 
@@ -115,6 +138,8 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     actor = _actor(args)
     async with _admin(settings) as (pool, kek):
+        if args.keys_command == "hook":
+            return await _hook(args, pool, kek, actor)
         if args.keys_command == "list":
             rows = await admin.list_keys(pool)
             print(f"{'key id':<34} {'state':<13} {'created':<26} {'encryptions':>12} {'queued':>8}")
@@ -166,4 +191,36 @@ async def run(args: argparse.Namespace) -> int:
                             }
                         )
                     )
+    return 0
+
+
+async def _hook(args: argparse.Namespace, pool: asyncpg.Pool, kek: KekProvider, actor: str) -> int:
+    command = args.hook_command
+    try:
+        if command in ("create", "rotate"):
+            key_id = await hook_admin.create(pool, kek, actor=actor, rotate=command == "rotate")
+            print(f"hook key {key_id} is now current; export it with `pcns keys hook export`")
+        elif command == "list":
+            print(f"{'key id':<30} {'state':<9} {'created':<26}")
+            for k in await hook_admin.list_hook_keys(pool):
+                print(f"{k.id:<30} {k.state:<9} {k.created_at:<26}")
+        elif command == "export":
+            public = await hook_admin.public_key(pool, args.key_id)
+            if args.format == "pem":
+                print(public.pem(), end="")
+            elif args.format == "raw":
+                print(public.point.hex())
+            else:
+                doc = {
+                    "key_id": public.key_id,
+                    "public_key_pem": public.pem(),
+                    "public_point_hex": public.point.hex(),
+                }
+                print(json.dumps(doc, indent=2))
+        elif command == "retire":
+            await hook_admin.retire(pool, actor=actor, key_id=args.key_id)
+            print(f"hook key {args.key_id} retired; its private half is destroyed")
+    except hook_admin.HookKeyError as exc:
+        print(f"pcns keys hook {command}: {exc}", file=sys.stderr)
+        return 2
     return 0

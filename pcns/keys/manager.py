@@ -14,9 +14,11 @@ import structlog
 
 from pcns.config import VaultSettings
 from pcns.database import UNAVAILABLE_ERRORS, connect
+from pcns.keys.hook_admin import unwrap_all
 from pcns.metrics import Metrics
+from pcns.queue import hook_keys as hook_sql
 from pcns.queue import keys as sql
-from vault import KekError, KekProvider, Keyring, VaultError
+from vault import HookKeyring, KekError, KekProvider, Keyring, VaultError
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +28,8 @@ def new_key_id() -> str:
 
 
 class KeyManager:
-    """Holds the unwrapped data keys of this process in a :class:`vault.Keyring`."""
+    """Holds the unwrapped data keys of this process in a :class:`vault.Keyring`, and the
+    private halves of the hook keys in a :class:`vault.HookKeyring`."""
 
     def __init__(
         self,
@@ -39,6 +42,8 @@ class KeyManager:
         auto_rotate: bool,
     ) -> None:
         self.keyring = Keyring()
+        self.hook_keys = HookKeyring()
+        self._hook_scalars: dict[str, bytes] = {}
         self.kek = kek
         self._pool = pool
         self._url = url
@@ -61,12 +66,26 @@ class KeyManager:
             if not any(r.state == "primary" for r in rows):
                 await ensure_primary(conn, self.kek, actor="pcns (first start)")
                 rows = await sql.data_keys(conn)
+            hook_rows = await hook_sql.hook_keys(conn)
         await self._install(rows)
+        await self._install_hook_keys(hook_rows)
 
     async def refresh(self) -> None:
         async with self._pool.acquire(timeout=10) as conn:
             rows = await sql.data_keys(conn)
+            hook_rows = await hook_sql.hook_keys(conn)
         await self._install(rows)
+        await self._install_hook_keys(hook_rows)
+
+    async def _install_hook_keys(self, rows: list[hook_sql.HookKeyRow]) -> None:
+        known = {r.id: self._hook_scalars[r.id] for r in rows if r.id in self._hook_scalars}
+        fresh = [r for r in rows if r.wrapped is not None and r.id not in known]
+        scalars = {**known, **await unwrap_all(fresh, self.kek)}
+        scalars = {r.id: scalars[r.id] for r in rows if r.wrapped is not None}
+        if scalars.keys() != self._hook_scalars.keys():
+            self.hook_keys.install(scalars)
+            log.info("hook_keys_loaded", key_ids=sorted(scalars))
+        self._hook_scalars = scalars
 
     async def ensure(self, key_id: str) -> None:
         """Make sure ``key_id`` is loaded if it exists (a worker meeting a brand-new key)."""

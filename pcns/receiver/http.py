@@ -21,12 +21,12 @@ from pcns.metrics import Metrics
 from pcns.queue.records import ChangeStatus
 from pcns.queue.store import cancel_change, change_status
 from pcns.receiver.committer import GroupCommitter
-from pcns.receiver.intake import build_change
+from pcns.receiver.intake import build_change, change_password
 from pcns.receiver.models import BodyRejected, parse_change
 from pcns.receiver.problems import problem
 from pcns.receiver.signature import SignatureRejected, verify
 from pcns.routing import Router
-from vault import Keyring
+from vault import HookKeyring, Keyring
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +39,10 @@ class ReceiverContext:
 
     pool: asyncpg.Pool
     keys: Keyring
+    hook_keys: HookKeyring
     router: Router
     sources: Mapping[str, bytes]
+    sealed_sources: frozenset[str]
     admin_token: str | None
     metrics: Metrics
     max_body_bytes: int
@@ -133,10 +135,32 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
         change_in = parse_change(body)
     except BodyRejected as exc:
         return _reject(ctx, "invalid_body", 400, "Bad Request", exc.detail)
+    if change_in.sealed is None and source in ctx.sealed_sources:
+        # A hook not yet set up to seal: keep the change at the hook (it retries), don't drop it.
+        return _reject(
+            ctx,
+            "sealed_required",
+            403,
+            "Forbidden",
+            f"source {source} must send sealed changes (sources.require_sealed)",
+        )
+    try:
+        password = change_password(
+            change_in, source=source, webhook_id=webhook_id, hook_keys=ctx.hook_keys
+        )
+    except BodyRejected as exc:
+        return _reject(ctx, "sealed_invalid", 400, "Bad Request", exc.detail)
+    if change_in.sealed is not None:
+        ctx.metrics.child(ctx.metrics.sealed_opened, change_in.sealed.key_id).inc()
     change = build_change(
-        change_in, source=source, webhook_id=webhook_id, router=ctx.router, keys=ctx.keys
+        change_in,
+        password,
+        source=source,
+        webhook_id=webhook_id,
+        router=ctx.router,
+        keys=ctx.keys,
     )
-    del change_in
+    del change_in, password
     try:
         response = await ctx.committer.submit(change)
     except DatabaseUnavailable:

@@ -6,19 +6,52 @@ import orjson
 
 from pcns.ids import uuid7
 from pcns.queue.records import ChangeId, DeliveryId, NewChange, NewDelivery
-from pcns.receiver.models import PasswordChangeIn
+from pcns.receiver.models import BodyRejected, PasswordChangeIn, check_password
 from pcns.routing import Identity, MissingAccountField, Router
-from vault import AssociatedData, KeyProvider, seal
+from vault import AssociatedData, HookKeyring, IntegrityError, KeyProvider, KeyringError, seal
+
+
+def change_password(
+    body: PasswordChangeIn, *, source: str, webhook_id: str, hook_keys: HookKeyring
+) -> str:
+    """The new password: as sent, or opened from ``sealed`` with the context it is bound to.
+
+    :class:`BodyRejected` when a sealed password does not open; the detail names the field and
+    the key id, never anything of the ciphertext.
+    """
+    if body.sealed is None:
+        assert body.password is not None  # the model requires exactly one
+        return body.password.get_secret_value()
+    key_id = body.sealed.key_id
+    try:
+        opened = hook_keys.open(
+            key_id, body.sealed.ciphertext, source=source, webhook_id=webhook_id, user=body.user
+        )
+    except KeyringError:
+        raise BodyRejected(
+            f"sealed.key_id: {key_id} is not an active hook key (unknown or retired)"
+        ) from None
+    except IntegrityError:
+        raise BodyRejected(
+            f"sealed: does not open with hook key {key_id} (tampered, or sealed for another "
+            "source, webhook-id or user)"
+        ) from None
+    return check_password(opened)
 
 
 def build_change(
-    body: PasswordChangeIn, *, source: str, webhook_id: str, router: Router, keys: KeyProvider
+    body: PasswordChangeIn,
+    password: str,
+    *,
+    source: str,
+    webhook_id: str,
+    router: Router,
+    keys: KeyProvider,
 ) -> NewChange:
     """One delivery per matching target, each sealed and bound to its own row."""
     change_id = ChangeId(uuid7())
     change_text = str(change_id)
     who = Identity(user=body.user, domain=body.domain, upn=body.upn)
-    password = body.password.get_secret_value()
     deliveries = []
     for route in router.routes_for(body.user):
         delivery_id = DeliveryId(uuid7())

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 
 
@@ -35,18 +39,69 @@ def _no_nul(value: SecretStr) -> SecretStr:
     return value
 
 
+def _base64(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # refused by the bytes validation that follows
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be standard base64") from None
+
+
 Name = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
+MAX_PASSWORD_CHARS = 1024
+# enc (65) + the password's UTF-8 (at most 4 bytes a character) + the tag (16).
+_SEALED_BYTES = (65 + 1 + 16, 65 + 4 * MAX_PASSWORD_CHARS + 16)
+
+
+class SealedIn(BaseModel):
+    """A password sealed by the hook to a pcns hook key (RFC 9180 HPKE, see vault.hook_seal)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    key_id: Annotated[str, Field(pattern=r"^hpk-[A-Za-z0-9-]{1,60}$")]
+    ciphertext: Annotated[
+        bytes,
+        BeforeValidator(_base64),
+        Field(min_length=_SEALED_BYTES[0], max_length=_SEALED_BYTES[1]),
+    ]
+
+    def __repr__(self) -> str:
+        return f"SealedIn(key_id={self.key_id!r}, {len(self.ciphertext)} bytes)"
 
 
 class PasswordChangeIn(BaseModel):
+    """Exactly one of ``password`` (plaintext over TLS) and ``sealed`` (sealed by the hook)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     user: Name
-    password: Annotated[SecretStr, Field(min_length=1, max_length=1024), AfterValidator(_no_nul)]
+    password: (
+        Annotated[
+            SecretStr, Field(min_length=1, max_length=MAX_PASSWORD_CHARS), AfterValidator(_no_nul)
+        ]
+        | None
+    ) = None
+    sealed: SealedIn | None = None
     domain: Name | None = None
     upn: Name | None = None
     sid: Annotated[str, Field(pattern=r"^S-1-[0-9-]{1,180}$")] | None = None
     changed_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> PasswordChangeIn:
+        if (self.password is None) == (self.sealed is None):
+            raise ValueError("give exactly one of password and sealed")
+        return self
+
+
+def check_password(password: str) -> str:
+    """The rules ``password`` follows, for a password opened from ``sealed``; never echoes it."""
+    if not password or len(password) > MAX_PASSWORD_CHARS:
+        raise BodyRejected(f"sealed: the password must have 1 to {MAX_PASSWORD_CHARS} characters")
+    if "\x00" in password:
+        raise BodyRejected("sealed: the password must not contain NUL characters")
+    return password
 
 
 ALLOWED_FIELDS = ", ".join(PasswordChangeIn.model_fields)

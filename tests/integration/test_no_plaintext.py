@@ -18,7 +18,15 @@ import structlog
 from pcns.app import running_service
 from pcns.logging import configure_logging
 from tests.integration.conftest import needs_htpasswd
-from tests.support import Client, ServiceFiles, eventually, fetch_all, htpasswd_target
+from tests.support import (
+    Client,
+    ServiceFiles,
+    eventually,
+    fetch_all,
+    hook_key_op,
+    htpasswd_target,
+    sealed_body,
+)
 
 SENTINEL = "Zq-SENTINEL-4d1e-Пароль"
 PG_DUMP = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
@@ -53,9 +61,18 @@ async def test_sentinel_never_leaks(
         delivery={"shutdown_grace": "500ms"},
     )
     seen: list[str] = []
+    hook_key = await hook_key_op(files, "create")
     async with running_service(files.settings()), aiohttp.ClientSession() as session:
         client = Client(files, session)
         ok = await client.send("alice", SENTINEL)
+        # Sealed by a hook: accepted, and refused when bound to another webhook-id.
+        for wid, bound in (("msg_sealed_ok", "msg_sealed_ok"), ("msg_sealed_bad", "msg_other")):
+            body = sealed_body(hook_key, SENTINEL, webhook_id=bound, user="dave")
+            status, _, text = await client.post_raw(
+                body, client.signed_headers(body, webhook_id=wid)
+            )
+            assert status == (202 if wid == bound else 400), text
+            seen.append(text)
         failed = await client.send("bad:name", SENTINEL)  # htpasswd refuses ':' permanently
         seen += [json.dumps(ok[1]), json.dumps(failed[1])]
         replay_body = json.dumps({"user": "carol", "password": SENTINEL}).encode()
