@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -53,3 +54,17 @@ def wait_for_text(
             pytest.fail(f"pcns exited with {proc.returncode}:\n{path.read_text(errors='replace')}")
         time.sleep(0.1)
     pytest.fail(f"{text!r} not seen within {timeout}s:\n{path.read_text(errors='replace')}")
+
+
+def create_hook_key(config: Path, cwd: Path) -> dict[str, str]:
+    """`pcns keys hook create`, then `export --format json`: the key id, PEM and hex point."""
+    base = {"capture_output": True, "text": True, "cwd": cwd, "check": False, "timeout": 120}
+    created = subprocess.run([*PCNS, "keys", "hook", "create", "--config", str(config)], **base)
+    assert created.returncode == 0, created.stderr
+    exported = subprocess.run(
+        [*PCNS, "keys", "hook", "export", "--config", str(config), "--format", "json"], **base
+    )
+    assert exported.returncode == 0, exported.stderr
+    doc: dict[str, str] = json.loads(exported.stdout)
+    assert created.stdout.startswith(f"hook key {doc['key_id']} is now current")
+    return doc

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import pcns_process, wait_for_text
+from tests.e2e.conftest import create_hook_key, pcns_process, wait_for_text
 from tests.integration.conftest import needs_htpasswd
 from tests.support import ServiceFiles, htpasswd_verifies, toml_value
 
@@ -182,8 +182,14 @@ def _scenario(dc: SambaDC, files: ServiceFiles) -> None:
     hook_dir = dc.root / "hook"
     hook_dir.mkdir()
     hook_toml = hook_dir / "hook.toml"
+    config = files.write_config()
+    # The hook seals every password to a pcns hook key; the source refuses anything else.
+    hook_key = create_hook_key(config, files.root)
+    key_file = hook_dir / "hook-key.pem"
+    key_file.write_text(hook_key["public_key_pem"])
     settings = {"url": files.url, "source": "dc01", "secret_file": files.secret_file,
-                "domain": "CORP", "timeout": "5s", "retry_for": "2s"}  # fmt: skip
+                "domain": "CORP", "timeout": "5s", "retry_for": "2s",
+                "recipient_key_id": hook_key["key_id"], "recipient_key_file": key_file}  # fmt: skip
     hook_toml.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()))
     # syncpasswords runs its --script as one path without arguments: a wrapper carries them.
     venv_pcns = Path(sys.executable).parent / "pcns"
@@ -192,7 +198,6 @@ def _scenario(dc: SambaDC, files: ServiceFiles) -> None:
     wrapper.write_text(f'#!/bin/sh\nexec {command} hook samba --config "{hook_toml}"\n')
     wrapper.chmod(0o700)
     htpasswd = files.root / "wiki.htpasswd"
-    config = files.write_config()
 
     with dc.running():
         dc.tool("user", "create", "alice", "Init1alPass!", "-H", dc.ldapi)
@@ -247,13 +252,14 @@ def _scenario(dc: SambaDC, files: ServiceFiles) -> None:
 @needs_htpasswd
 @pytest.mark.timeout(300)
 async def test_samba_dc_password_changes_reach_htpasswd(tmp_path: Path, db_url: str) -> None:
-    """setpassword on a real DC reaches htpasswd; a change made while pcns is down arrives after
-    the restart; a Unicode password arrives intact; no cleartext is left on the DC's disk."""
+    """setpassword on a real DC reaches htpasswd, sealed by the hook to a pcns hook key (the
+    source requires it); a change made while pcns is down arrives after the restart; a Unicode
+    password arrives intact; no cleartext is left on the DC's disk."""
     _require_samba()
     # Short paths: the DC's ldapi and gpg-agent sockets must fit in sun_path (108 bytes).
     root = Path(tempfile.mkdtemp(prefix="pcns-dc-"))
     dc = SambaDC(root)
-    files = ServiceFiles(tmp_path / "svc", db_url)
+    files = ServiceFiles(tmp_path / "svc", db_url, source={"require_sealed": True})
     try:
         await asyncio.to_thread(_scenario, dc, files)
     finally:

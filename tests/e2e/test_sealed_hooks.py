@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import PCNS, pcns_process, wait_for_text
+from tests.e2e.conftest import PCNS, create_hook_key, pcns_process, wait_for_text
 from tests.e2e.test_hooks import PAM_ENV, UNICODE_PASSWORD, hook_for, samba_record, wait_verified
 from tests.integration.conftest import needs_htpasswd
 from tests.support import ServiceFiles
@@ -39,17 +39,10 @@ async def sealed_served(tmp_path: Path, db_url: str) -> AsyncIterator[SealedServ
     """`pcns serve` (source dc01 with require_sealed) and a hook key exported as PEM and raw."""
     files = ServiceFiles(tmp_path / "svc", db_url, source={"require_sealed": True})
     config = files.write_config()
-    created = pcns_cli("keys", "hook", "create", "--config", str(config), cwd=files.root)
-    assert created.returncode == 0, created.stderr
-    exported = pcns_cli(
-        "keys", "hook", "export", "--config", str(config), "--format", "json", cwd=files.root
-    )
-    assert exported.returncode == 0, exported.stderr
-    doc = json.loads(exported.stdout)
+    doc = create_hook_key(config, files.root)
     pem, raw = files.root / "hook.pem", files.root / "hook.hex"
     pem.write_text(doc["public_key_pem"])
     raw.write_text(doc["public_point_hex"] + "\n")
-    assert created.stdout.startswith(f"hook key {doc['key_id']} is now current")
     with pcns_process("serve", "--config", str(config), cwd=files.root) as proc:
         await asyncio.to_thread(wait_for_text, files.root / "pcns.log", "service_started", proc)
         yield SealedService(files, config, doc["key_id"], pem, raw)

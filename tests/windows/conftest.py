@@ -334,6 +334,24 @@ class Wine:
         self.run(args, timeout=60)
 
 
+def booted(scratch: Path) -> Wine:
+    """A new prefix under ``scratch``, booted, with one persistent wineserver.
+
+    The server is bounded (``-p300``) so a killed session does not leave it forever. wineboot
+    --init on a new prefix leaves two services.exe running, each with its own service table
+    (`sc create` reaches one, `net start` the other); a fresh server after the boot starts one.
+    """
+    wine = Wine(scratch / "prefix", scratch)
+    wine.server("-p300")
+    boot = wine.run(["wineboot", "--init"], timeout=300)
+    if boot.returncode != 0:
+        pytest.fail(f"wineboot --init failed: {boot}", pytrace=False)
+    wine.server("-k")
+    wine.server("-w", timeout=60)
+    wine.server("-p300")
+    return wine
+
+
 @pytest.fixture(scope="session")
 def wine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wine]:
     """A fresh Wine 10 prefix for the session (wineboot --init once, wineserver -k at the end)."""
@@ -341,20 +359,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wine]:
         missing(f"no Wine 10 root at {WINE_ROOT} (make it with windows/tools/wine10-root)")
     if os.geteuid() != 0:
         missing("running Wine 10 in its root needs root (unshare -m, chroot)")
-    scratch = tmp_path_factory.mktemp("wine")
-    wine = Wine(scratch / "prefix", scratch)
-    # A persistent server keeps the prefix warm between runs; bounded so a killed session
-    # does not leave it forever.
-    wine.server("-p300")
-    boot = wine.run(["wineboot", "--init"], timeout=300)
-    if boot.returncode != 0:
-        pytest.fail(f"wineboot --init failed: {boot}", pytrace=False)
-    # wineboot --init on a new prefix leaves two services.exe running, each with its own
-    # service table (`sc create` reaches one, `net start` the other); a fresh server after the
-    # boot starts exactly one.
-    wine.server("-k")
-    wine.server("-w", timeout=60)
-    wine.server("-p300")
+    wine = booted(tmp_path_factory.mktemp("wine"))
     try:
         yield wine
     finally:

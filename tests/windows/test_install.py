@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.windows.conftest import REPO, WINDOWS, Wine, WineProcess, WineResult, missing
+from tests.windows.conftest import (
+    REPO,
+    WINDOWS,
+    Wine,
+    WineProcess,
+    WineResult,
+    booted,
+    missing,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -158,17 +166,7 @@ class Box:
 def box(wine: Wine, windows_build: Path) -> Iterator[Box]:
     """A Wine 10 prefix for this module alone (``wine`` only for its checks and its runner)."""
     scratch = Path(tempfile.mkdtemp(prefix="pcns-install-", dir=wine.scratch.parent))
-    own = Wine(scratch / "prefix", scratch)
-    own.server("-p300")
-    boot = own.run(["wineboot", "--init"], timeout=300)
-    if boot.returncode != 0:
-        pytest.fail(f"wineboot --init failed: {boot}", pytrace=False)
-    # wineboot --init on a new prefix leaves two services.exe running, each answering on the
-    # svcctl pipe with its own service table: a service created through one is unknown to the
-    # other. A fresh server after the boot starts exactly one.
-    own.server("-k")
-    own.server("-w", timeout=60)
-    own.server("-p300")
+    own = booted(scratch)
     try:
         yield Box(own, windows_build)
     finally:

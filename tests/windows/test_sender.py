@@ -23,7 +23,7 @@ import asyncpg
 import pgserver  # type: ignore[import-untyped]
 import pytest
 
-from tests.e2e.conftest import PCNS, pcns_process, wait_for_text
+from tests.e2e.conftest import PCNS, create_hook_key, pcns_process, wait_for_text
 from tests.integration.conftest import needs_htpasswd
 from tests.support import Client, ServiceFiles, fetch_all, free_port, htpasswd_verifies
 from tests.windows.conftest import PCNS_SENDER_KEY, Wine, WineProcess, WineResult
@@ -101,13 +101,7 @@ class Pcns:
 def pcns(tmp_path: Path, db_url: str) -> Pcns:
     files = ServiceFiles(tmp_path / "svc", db_url)
     config = files.write_config()
-    created = pcns_cli("keys", "hook", "create", "--config", str(config), cwd=files.root)
-    assert created.returncode == 0, created.stderr
-    exported = pcns_cli(
-        "keys", "hook", "export", "--config", str(config), "--format", "json", cwd=files.root
-    )
-    assert exported.returncode == 0, exported.stderr
-    doc = json.loads(exported.stdout)
+    doc = create_hook_key(config, files.root)
     key_hex, key_pem = files.root / "hook.hex", files.root / "hook.pem"
     key_hex.write_text(doc["public_point_hex"] + "\n")
     key_pem.write_text(doc["public_key_pem"])
@@ -480,10 +474,6 @@ async def test_service_delivers_a_filter_change_and_stops(sender: Sender, pcns: 
     """Registered with `sc create` and started with `net start`, the sender delivers a change
     the filter signals, and `net stop` stops it cleanly."""
     wine = sender.wine
-    # A prefix made by `wineserver -p` + `wineboot --init` can end up with two services.exe
-    # (two SCMs: `sc create` reaches one, `net start` the other); a restarted server has one.
-    wine.server("-k")
-    wine.server("-w", timeout=60)
     # Wine ends service processes once no ordinary process is left in the prefix (Windows
     # does not): one stays for the length of the test.
     keeper = wine.start(["cmd", "/c", "ping", "-n", "900", "127.0.0.1"])

@@ -38,23 +38,34 @@ static BOOL read_sz(HKEY key, const wchar_t *name, wchar_t *out, DWORD cap_chars
     return out[0] != 0;
 }
 
+/* The value of one hex digit, or -1. */
+static int hex_digit(unsigned int c)
+{
+    return (c >= '0' && c <= '9')   ? (int)(c - '0')
+           : (c >= 'a' && c <= 'f') ? (int)(c - 'a' + 10)
+           : (c >= 'A' && c <= 'F') ? (int)(c - 'A' + 10)
+                                    : -1;
+}
+
+/* Put hex digit number i (value v) into out: high nibble first. */
+static void hex_put(BYTE *out, size_t i, int v)
+{
+    if (i % 2 == 0)
+        out[i / 2] = (BYTE)(v << 4);
+    else
+        out[i / 2] |= (BYTE)v;
+}
+
 BOOL hex_decode_w(const wchar_t *hex, BYTE *out, size_t n)
 {
     size_t i;
     if (wcslen(hex) != n * 2)
         return FALSE;
     for (i = 0; i < n * 2; i++) {
-        wchar_t c = hex[i];
-        int v = (c >= L'0' && c <= L'9')   ? c - L'0'
-                : (c >= L'a' && c <= L'f') ? c - L'a' + 10
-                : (c >= L'A' && c <= L'F') ? c - L'A' + 10
-                                           : -1;
+        int v = hex_digit((unsigned int)hex[i]);
         if (v < 0)
             return FALSE;
-        if (i % 2 == 0)
-            out[i / 2] = (BYTE)(v << 4);
-        else
-            out[i / 2] |= (BYTE)v;
+        hex_put(out, i, v);
     }
     return TRUE;
 }
@@ -347,17 +358,10 @@ static BOOL hex_decode_a(const char *hex, size_t hn, BYTE *out, size_t n)
     if (hn != n * 2)
         return FALSE;
     for (i = 0; i < hn; i++) {
-        char c = hex[i];
-        int v = (c >= '0' && c <= '9')   ? c - '0'
-                : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-                : (c >= 'A' && c <= 'F') ? c - 'A' + 10
-                                         : -1;
+        int v = hex_digit((unsigned char)hex[i]);
         if (v < 0)
             return FALSE;
-        if (i % 2 == 0)
-            out[i / 2] = (BYTE)(v << 4);
-        else
-            out[i / 2] |= (BYTE)v;
+        hex_put(out, i, v);
     }
     return TRUE;
 }
