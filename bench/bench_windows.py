@@ -4,9 +4,11 @@ rate against the same receiver's accept rate from one sequential keep-alive clie
     .venv/bin/python bench/bench_windows.py [--rounds 3] [--changes 1000] [--calls 250]
 
 (i) ``harness.exe`` loads ``pcnsflt.dll`` and calls ``PasswordChangeNotify`` from 4 threads as
-LSASS would (each call: convert, seal with CNG, write and flush the spool record, rename it
-write-through, signal the sender); it reports p50/p99/max per call. LSASS waits on the filter:
-the target is p99 <= 5 ms.
+LSASS would (each call: read the registry, convert, seal with CNG, write and flush the spool
+record, rename it write-through, signal the sender); it reports p50/p99/max per call, once with
+the calls back to back (a saturating stress: 4 callers on 2 cores) and once paced (each thread
+``--interval`` ms apart, 200 changes/s by default, far above a real DC's peak). LSASS waits on
+the filter: the target is p99 <= 5 ms.
 
 (ii) ``changes`` changes are spooled by the filter, then one ``pcns-sender.exe run --once``
 delivers them to a real ``pcns serve`` (noop target, so the receiver's own path is measured);
@@ -184,8 +186,9 @@ def configure(wine: Wine, service: Service, spool: Path) -> None:
         raise SystemExit(f"pcns-sender configure failed: {err}")
 
 
-def filter_calls(wine: Wine, threads: int, calls: int) -> dict[str, float]:
-    """``threads`` x ``calls`` PasswordChangeNotify calls; the harness's latency line."""
+def filter_calls(wine: Wine, threads: int, calls: int, interval_ms: int = 0) -> dict[str, float]:
+    """``threads`` x ``calls`` PasswordChangeNotify calls, back to back or ``interval_ms``
+    apart in each thread; the harness's latency line."""
     code, out, err = wine.run(
         str(BUILD / "tests" / "harness.exe"),
         wine.path(BUILD / "pcnsflt.dll"),
@@ -199,6 +202,8 @@ def filter_calls(wine: Wine, threads: int, calls: int) -> dict[str, float]:
         str(calls),
         "--latency",
         "--rid-per-call",
+        "--interval-ms",
+        str(interval_ms),
     )
     if code != 0:
         raise SystemExit(f"harness failed ({code}): {out}{err}")
@@ -280,6 +285,9 @@ async def _measure(
     latency = filter_calls(wine, 4, args.calls)
     for record in spool.glob("*.pcs"):
         record.unlink()
+    paced = filter_calls(wine, 4, args.calls, interval_ms=args.interval)
+    for record in spool.glob("*.pcs"):
+        record.unlink()
     per_thread = args.changes // 4
     filter_calls(wine, 4, per_thread)
     spooled = len(list(spool.glob("*.pcs")))
@@ -292,6 +300,8 @@ async def _measure(
         "p50_ms": latency["p50_us"] / 1000,
         "p99_ms": latency["p99_us"] / 1000,
         "max_ms": latency["max_us"] / 1000,
+        "paced_p50_ms": paced["p50_us"] / 1000,
+        "paced_p99_ms": paced["p99_us"] / 1000,
         "spooled": spooled,
         "delivered": drain["delivered"],
         "drain_rate": drain_rate,
@@ -311,19 +321,29 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         wine.run("--server", "-k", timeout=60)
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"rounds: {len(rounds)}; filter calls per round: 4 threads x {args.calls}")
-    print("| round | filter p50 ms | p99 ms | max ms | drained | sender /s | client /s | ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    offered = 4 * 1000 / args.interval
+    print(
+        f"rounds: {len(rounds)}; filter calls per round: 4 threads x {args.calls} back to back,"
+        f" then 4 threads x {args.calls} {args.interval} ms apart ({offered:.0f} changes/s)"
+    )
+    print(
+        "| round | back to back p50 ms | p99 ms | max ms | paced p50 ms | paced p99 ms"
+        " | drained | sender /s | client /s | ratio |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, r in enumerate(rounds, 1):
         print(
             f"| {i} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} |"
+            f" {r['paced_p50_ms']:.2f} | {r['paced_p99_ms']:.2f} |"
             f" {r['delivered']}/{r['spooled']} | {r['drain_rate']:.0f} | {r['accept_rate']:.0f} |"
             f" {r['ratio']:.2f}x |"
         )
-    med = {k: statistics.median(r[k] for r in rounds) for k in ("p50_ms", "p99_ms", "ratio")}
+    keys = ("p50_ms", "p99_ms", "paced_p50_ms", "paced_p99_ms", "ratio")
+    med = {k: statistics.median(r[k] for r in rounds) for k in keys}
     print(
-        f"median: filter p50 {med['p50_ms']:.2f} ms, p99 {med['p99_ms']:.2f} ms (target <= 5);"
-        f" sender/client rate {med['ratio']:.2f}x (target >= 0.5)"
+        f"median: filter back to back p50 {med['p50_ms']:.2f} ms, p99 {med['p99_ms']:.2f} ms;"
+        f" paced p50 {med['paced_p50_ms']:.2f} ms, p99 {med['paced_p99_ms']:.2f} ms"
+        f" (target p99 <= 5); sender/client rate {med['ratio']:.2f}x (target >= 0.5)"
     )
 
 
@@ -332,6 +352,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--changes", type=int, default=1000, help="(ii) spooled changes per round")
     p.add_argument("--calls", type=int, default=250, help="(i) calls per thread, 4 threads")
+    p.add_argument(
+        "--interval", type=int, default=20, help="(i) paced run: ms between calls per thread"
+    )
     p.add_argument(
         "--database-url",
         default=os.environ.get(

@@ -31,6 +31,9 @@ NTSTATUS NTAPI PasswordChangeNotify(PLSA_UNICODE_STRING UserName, ULONG Relative
                                     PLSA_UNICODE_STRING NewPassword);
 
 static volatile LONG not_configured_reported;
+/* The sender's wake-up event, opened once it exists and kept: a handle held here keeps the
+ * named object alive, so a restarted sender's CreateEvent gets this same event. */
+static HANDLE volatile wake_event;
 /* The last changed_at handed out: each one is later than the one before (see change_time). */
 static volatile LONG64 last_changed_at;
 
@@ -249,6 +252,25 @@ static void hex_lower(BYTE *out, const BYTE *in, ULONG n)
     }
 }
 
+/* The sender's event, or NULL while no sender has created it (tried again on the next change). */
+static HANDLE sender_event(void)
+{
+    HANDLE mine, theirs;
+
+    theirs = InterlockedCompareExchangePointer((PVOID volatile *)&wake_event, NULL, NULL);
+    if (theirs != NULL)
+        return theirs;
+    mine = OpenEventW(EVENT_MODIFY_STATE, FALSE, PCNS_SPOOL_EVENT_NAME);
+    if (mine == NULL)
+        return NULL;
+    theirs = InterlockedCompareExchangePointer((PVOID volatile *)&wake_event, mine, NULL);
+    if (theirs != NULL) {
+        CloseHandle(mine); /* another thread kept one first */
+        return theirs;
+    }
+    return mine;
+}
+
 NTSTATUS NTAPI PasswordChangeNotify(PLSA_UNICODE_STRING UserName, ULONG RelativeId,
                                     PLSA_UNICODE_STRING NewPassword)
 {
@@ -372,11 +394,9 @@ NTSTATUS NTAPI PasswordChangeNotify(PLSA_UNICODE_STRING UserName, ULONG Relative
     }
 
     /* Wake the sender if it is running; it also polls, so an absent event is fine. */
-    spool_event = OpenEventW(EVENT_MODIFY_STATE, FALSE, PCNS_SPOOL_EVENT_NAME);
-    if (spool_event != NULL) {
+    spool_event = sender_event();
+    if (spool_event != NULL)
         SetEvent(spool_event);
-        CloseHandle(spool_event);
-    }
 
 out:
     SecureZeroMemory(random, sizeof(random));

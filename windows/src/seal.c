@@ -8,6 +8,8 @@
  */
 #include "pcns_seal.h"
 
+#include "pcns_cng.h"
+
 #define HASH_LEN 32
 #define COORD_LEN 32
 #define AES_KEY_LEN 32
@@ -319,20 +321,15 @@ static NTSTATUS seal(const BYTE *sk_e, const BYTE *pk_e, const BYTE pk_r[PCNS_P2
     }
     tag = ct + pt_len;
 
-    st = BCryptOpenAlgorithmProvider(&ecdh, BCRYPT_ECDH_P256_ALGORITHM, NULL, 0);
+    st = pcns_alg(PCNS_ALG_ECDH_P256, &ecdh);
     if (!BCRYPT_SUCCESS(st))
         goto out;
-    st = BCryptOpenAlgorithmProvider(&hmac, BCRYPT_SHA256_ALGORITHM, NULL,
-                                     BCRYPT_ALG_HANDLE_HMAC_FLAG);
+    st = pcns_alg(PCNS_ALG_HMAC_SHA256, &hmac);
     if (!BCRYPT_SUCCESS(st))
-        goto out_ecdh;
-    st = BCryptOpenAlgorithmProvider(&aes, BCRYPT_AES_ALGORITHM, NULL, 0);
+        goto out;
+    st = pcns_alg(PCNS_ALG_AES_GCM, &aes);
     if (!BCRYPT_SUCCESS(st))
-        goto out_hmac;
-    st = BCryptSetProperty(aes, BCRYPT_CHAINING_MODE, (PUCHAR)BCRYPT_CHAIN_MODE_GCM,
-                           sizeof(BCRYPT_CHAIN_MODE_GCM), 0);
-    if (!BCRYPT_SUCCESS(st))
-        goto out_aes;
+        goto out;
 
     /* Ephemeral key pair: skE, pkE; enc = SerializePublicKey(pkE). */
     if (sk_e != NULL) {
@@ -341,13 +338,13 @@ static NTSTATUS seal(const BYTE *sk_e, const BYTE *pk_e, const BYTE pk_r[PCNS_P2
                                  sizeof(priv_blob), 0);
         SecureZeroMemory(priv_blob, sizeof(priv_blob));
         if (!BCRYPT_SUCCESS(st))
-            goto out_aes;
+            goto out;
         memcpy(enc, pk_e, PCNS_P256_POINT_LEN);
     } else {
         BCRYPT_ECCKEY_BLOB hdr;
         st = BCryptGenerateKeyPair(ecdh, &key_e, 256, 0);
         if (!BCRYPT_SUCCESS(st))
-            goto out_aes;
+            goto out;
         st = BCryptFinalizeKeyPair(key_e, 0);
         if (!BCRYPT_SUCCESS(st))
             goto out_key_e;
@@ -450,12 +447,6 @@ out_key_r:
     BCryptDestroyKey(key_r);
 out_key_e:
     BCryptDestroyKey(key_e);
-out_aes:
-    BCryptCloseAlgorithmProvider(aes, 0);
-out_hmac:
-    BCryptCloseAlgorithmProvider(hmac, 0);
-out_ecdh:
-    BCryptCloseAlgorithmProvider(ecdh, 0);
 out:
     SecureZeroMemory(dh, sizeof(dh));
     SecureZeroMemory(eae_prk, sizeof(eae_prk));

@@ -3,6 +3,8 @@
 
 #include <bcrypt.h>
 
+#include "pcns_cng.h"
+
 /* dir + '\' + name + ".tmp" + NUL, bounded by what config.c accepts for SpoolDir. */
 #define PATH_CAP (1024 + 1 + PCNS_SPOOL_NAME_LEN + 4 + 1)
 
@@ -14,12 +16,12 @@ static DWORD sha256(const BYTE *data, ULONG len, BYTE out[PCNS_SPOOL_HASH_LEN])
     BCRYPT_HASH_HANDLE h = NULL;
     NTSTATUS st;
 
-    st = BCryptOpenAlgorithmProvider(&alg, BCRYPT_SHA256_ALGORITHM, NULL, 0);
+    st = pcns_alg(PCNS_ALG_SHA256, &alg);
     if (!BCRYPT_SUCCESS(st))
         goto out;
     st = BCryptCreateHash(alg, &h, NULL, 0, NULL, 0, 0);
     if (!BCRYPT_SUCCESS(st))
-        goto out_alg;
+        goto out;
     if (len != 0) {
         st = BCryptHashData(h, (PUCHAR)data, len, 0);
         if (!BCRYPT_SUCCESS(st))
@@ -28,8 +30,6 @@ static DWORD sha256(const BYTE *data, ULONG len, BYTE out[PCNS_SPOOL_HASH_LEN])
     st = BCryptFinishHash(h, out, PCNS_SPOOL_HASH_LEN, 0);
 out_hash:
     BCryptDestroyHash(h);
-out_alg:
-    BCryptCloseAlgorithmProvider(alg, 0);
 out:
     return BCRYPT_SUCCESS(st) ? ERROR_SUCCESS : ERROR_INTERNAL_ERROR;
 }
@@ -317,8 +317,9 @@ DWORD pcns_spool_write(const WCHAR *dir, const pcns_spool_record *rec, WCHAR *na
         rc = ERROR_FILENAME_EXCED_RANGE;
         goto out_free;
     }
-    h = CreateFileW(tmp_path, GENERIC_WRITE, 0, NULL, CREATE_NEW,
-                    FILE_ATTRIBUTE_NORMAL | FILE_FLAG_WRITE_THROUGH, NULL);
+    /* No FILE_FLAG_WRITE_THROUGH: the record is one write, made durable by the one
+     * FlushFileBuffers below (write-through as well would sync it twice). */
+    h = CreateFileW(tmp_path, GENERIC_WRITE, 0, NULL, CREATE_NEW, FILE_ATTRIBUTE_NORMAL, NULL);
     if (h == INVALID_HANDLE_VALUE) {
         rc = GetLastError();
         goto out_free;

@@ -2,7 +2,7 @@
  *
  *   harness DLL [--user NAME] [--rid N] [--password TEXT | --password-file PATH |
  *                --password-utf16-file PATH] [--threads N] [--calls M] [--latency] [--no-guard]
- *                [--rid-per-call]
+ *                [--rid-per-call] [--interval-ms N]
  *
  * --password-file is UTF-8 (the whole file, converted to UTF-16 here); --password-utf16-file is
  * raw UTF-16LE code units (so unpaired surrogates can be given). Each thread owns its strings:
@@ -10,6 +10,10 @@
  * the last byte before a PAGE_NOACCESS page (unless --no-guard: then ordinary memory, followed
  * by non-NUL filler up to MaximumLength). A filter that reads past Length, or scans for a NUL,
  * faults: every call runs inside __try/__except and a fault is counted and reported.
+ *
+ * --interval-ms N makes each thread wait about N ms after each call (uniformly from N/2 to 3N/2,
+ * so the threads do not move in step): an offered load of threads x 1000/N changes/s instead of
+ * calls back to back. The wait is not part of the latency.
  *
  * --rid-per-call gives call i of thread t the RID base + t * 100000 + i, so a test can tell from
  * the spool which thread wrote what, in which order.
@@ -38,6 +42,7 @@ static size_t user_units;
 static WCHAR *password;
 static size_t password_units;
 static ULONG rid = 1104;
+static DWORD interval_ms;
 static BOOL rid_per_call = FALSE;
 static int calls_per_thread = 1;
 static BOOL guard = TRUE;
@@ -116,6 +121,7 @@ static DWORD WINAPI worker(LPVOID arg)
 {
     thread_state *t = arg;
     LSA_UNICODE_STRING user, pass;
+    ULONG jitter = 2463534242u + (ULONG)t->index * 7919u;
     int i;
 
     if (!place(user_text, user_units, &user) || !place(password, password_units, &pass)) {
@@ -143,6 +149,14 @@ static DWORD WINAPI worker(LPVOID arg)
                 t->first_status = st != 0 ? st : (NTSTATUS)0xC000006CL;
         } else {
             t->ok++;
+        }
+        if (interval_ms != 0) {
+            /* Uniform in [interval/2, 3*interval/2): the threads drift apart instead of
+             * waking together on the same timer tick. */
+            jitter ^= jitter << 13;
+            jitter ^= jitter >> 17;
+            jitter ^= jitter << 5;
+            Sleep(interval_ms / 2 + jitter % interval_ms);
         }
     }
     return 0;
@@ -183,7 +197,7 @@ static int usage(void)
 {
     fwprintf(stderr, L"usage: harness DLL [--user NAME] [--rid N] [--password TEXT | "
                      L"--password-file UTF8 | --password-utf16-file RAW] [--threads N] "
-                     L"[--calls M] [--latency] [--no-guard] [--rid-per-call]\n");
+                     L"[--calls M] [--latency] [--no-guard] [--rid-per-call] [--interval-ms N]\n");
     return 2;
 }
 
@@ -225,6 +239,9 @@ int wmain(int argc, wchar_t **argv)
             i++;
         } else if (wcscmp(a, L"--calls") == 0) {
             calls_per_thread = _wtoi(v);
+            i++;
+        } else if (wcscmp(a, L"--interval-ms") == 0) {
+            interval_ms = wcstoul(v, NULL, 10);
             i++;
         } else if (wcscmp(a, L"--password") == 0) {
             password = (WCHAR *)v;
