@@ -132,6 +132,7 @@ async def running_service(
             settings=settings.vault,
             metrics=metrics,
             auto_rotate=role != "receiver",
+            hook_keys=receiver,  # only a receiver opens sealed changes
         )
         await keys.load()
         key_task = asyncio.create_task(keys.run(stop), name="pcns-keys")

@@ -40,10 +40,13 @@ class KeyManager:
         settings: VaultSettings,
         metrics: Metrics,
         auto_rotate: bool,
+        hook_keys: bool = True,
     ) -> None:
         self.keyring = Keyring()
         self.hook_keys = HookKeyring()
         self._hook_scalars: dict[str, bytes] = {}
+        # Hook keys' private halves are unwrapped only where sealed changes are opened.
+        self._load_hook_keys = hook_keys
         self.kek = kek
         self._pool = pool
         self._url = url
@@ -78,6 +81,8 @@ class KeyManager:
         await self._install_hook_keys(hook_rows)
 
     async def _install_hook_keys(self, rows: list[hook_sql.HookKeyRow]) -> None:
+        if not self._load_hook_keys:
+            return
         known = {r.id: self._hook_scalars[r.id] for r in rows if r.id in self._hook_scalars}
         fresh = [r for r in rows if r.wrapped is not None and r.id not in known]
         scalars = {**known, **await unwrap_all(fresh, self.kek)}

@@ -5,6 +5,7 @@ sealed to an unknown key; hook keys created, rotated, retired online."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -13,10 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
 from pcns.app import RunningService, running_service
 from pcns.database import create_pool
 from pcns.keys import hook_admin
+from pcns.logging import configure_logging
 from tests.integration.conftest import needs_htpasswd
 from tests.support import (
     Client,
@@ -229,3 +232,20 @@ async def test_hook_key_operations_refuse_what_would_lose_access(files: ServiceF
         wid = f"msg_{uuid.uuid4().hex}"
         status, _, text = await post(client, sealed_body(first, SENTINEL, webhook_id=wid), wid)
         assert status == 202, text
+
+
+async def test_only_receivers_unwrap_hook_keys(
+    files: ServiceFiles, hook_key: HookPublicKey
+) -> None:
+    """A receiver loads the hook keys' private halves; a worker-only process never does."""
+    seen = {}
+    for role in ("worker", "receiver"):
+        buffer = io.StringIO()
+        configure_logging(level="info", stream=buffer)
+        try:
+            async with running_service(files.settings(), role=role):
+                pass
+        finally:
+            structlog.reset_defaults()
+        seen[role] = "hook_keys_loaded" in buffer.getvalue()
+    assert seen == {"worker": False, "receiver": True}
