@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import secrets
 import struct
 import subprocess
@@ -365,6 +366,78 @@ async def test_corrupt_records_are_set_aside_and_the_rest_goes(sender: Sender, p
     assert received == [sender.spooled[0], sender.spooled[3]]
     assert not first.exists()
     assert not last.exists()
+
+
+def leave_as_temp(record: Path, age: float, data: bytes | None = None) -> Path:
+    """Turn a spooled record back into the filter's temp file (as a crash between its flush and
+    its rename leaves it), ``data`` instead of the record's bytes, last written ``age`` s ago."""
+    tmp = record.with_suffix(".pcs.tmp")
+    record.rename(tmp)
+    if data is not None:
+        tmp.write_bytes(data)
+    then = time.time() - age
+    os.utime(tmp, (then, then))
+    return tmp
+
+
+@pytest.mark.timeout(300)
+async def test_a_complete_stale_temp_file_is_recovered_and_delivered(
+    sender: Sender, pcns: Pcns
+) -> None:
+    """A complete record the filter left as its temp file more than 60 s ago is renamed to its
+    record name and delivered in spool order with the others, and counted as recovered."""
+    stale = leave_as_temp(sender.write("alice", "Pw-a-1!"), age=120)
+    sender.write("bob", "Pw-b-1!")
+    with pcns.serving():
+        done = sender.run_once()
+        assert done.returncode == 0, done.stderr
+        received = await pcns.received()
+    assert received == sender.spooled
+    s = stats(done)
+    assert (s["recovered"], s["delivered"], s["set_aside"], s["remaining"]) == (1, 2, 0, 0)
+    assert f"recovered spool record {stale.name.removesuffix('.tmp')}" in done.stderr
+    assert list(sender.spool.iterdir()) == [sender.spool / "bad"]
+    assert list((sender.spool / "bad").iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+async def test_a_truncated_stale_temp_file_is_set_aside_and_the_rest_goes(
+    sender: Sender, pcns: Pcns
+) -> None:
+    """A partial record the filter left as its temp file more than 60 s ago is moved to bad\\
+    with event 3002, and the record after it is still delivered."""
+    first = sender.write("alice", "Pw-a-1!")
+    truncated = first.read_bytes()[:40]
+    partial = leave_as_temp(first, age=120, data=truncated)
+    sender.write("bob", "Pw-b-1!")
+    with pcns.serving():
+        done = sender.run_once()
+        assert done.returncode == 0, done.stderr
+        received = await pcns.received()
+    assert received == [sender.spooled[1]]
+    s = stats(done)
+    assert (s["recovered"], s["delivered"], s["set_aside"], s["remaining"]) == (0, 1, 1, 0)
+    assert len(events(done, 3002)) == 1, done.stderr
+    assert not partial.exists()
+    assert (sender.spool / "bad" / partial.name).read_bytes() == truncated
+
+
+@pytest.mark.timeout(300)
+def test_a_young_temp_file_is_left_alone(sender: Sender) -> None:
+    """A temp file last written less than 60 s ago (maybe a write in progress) is neither
+    renamed nor set aside, complete or not."""
+    complete = leave_as_temp(sender.write("alice", "Pw-a-1!"), age=30)
+    record = complete.read_bytes()
+    partial = leave_as_temp(sender.write("bob", "Pw-b-1!"), age=0, data=b"PCNSSPL\0")
+    done = sender.run_once()
+    assert done.returncode == 0, done.stderr
+    s = stats(done)
+    assert (s["recovered"], s["set_aside"], s["remaining"]) == (0, 0, 0)
+    assert not events(done, 3002), done.stderr
+    assert complete.read_bytes() == record
+    assert partial.read_bytes() == b"PCNSSPL\0"
+    assert sender.records() == []
+    assert list((sender.spool / "bad").iterdir()) == []
 
 
 @pytest.mark.timeout(300)

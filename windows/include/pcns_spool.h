@@ -3,7 +3,7 @@
  * One file per change in SpoolDir, named <changed_at 16 hex>-<counter 8 hex>-<random 8 hex>.pcs
  * (lower-case hex), so an ordinal sort of the names is change order (and, within one
  * process, creation order: the counter is process-wide and interlocked). Written as
- * <name>.tmp, flushed (FlushFileBuffers), closed, then renamed with
+ * <name>.pcs.tmp, flushed (FlushFileBuffers), closed, then renamed with
  * MoveFileExW(MOVEFILE_WRITE_THROUGH). All integers little-endian:
  *
  *   0   8  magic "PCNSSPL\0"

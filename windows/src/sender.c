@@ -13,7 +13,8 @@
  * 3001); 401/403/404/413/415 keep it and back off (event 3004); a transport error, 429 or 5xx
  * keeps it and backs off with full jitter, 0.5 s doubling to 60 s, at least Retry-After (event
  * 3005, once per failure streak and then every five minutes); nothing newer is sent past a
- * record that is kept. Never logged: the body, the signature, the secret. */
+ * record that is kept. Each pass first recovers the records a crash left as temp files
+ * (src/sender_recover.c). Never logged: the body, the signature, the secret. */
 #include "sender_internal.h"
 
 #include <ntsecapi.h>
@@ -272,6 +273,7 @@ typedef struct deliver_ctx {
     ULONGLONG delivered;
     ULONGLONG dropped;
     ULONGLONG set_aside;
+    ULONGLONG temps_recovered; /* temp files renamed to their record name (sender_recover.c) */
     ULONG stuck; /* unreadable records of this walk that could be neither moved nor deleted */
     const wchar_t *state; /* the State last written by this process */
 } deliver_ctx;
@@ -455,6 +457,12 @@ static BOOL set_aside(deliver_ctx *c, const wchar_t *path, const wchar_t *name,
     sender_event(EVENTLOG_ERROR_TYPE, PCNS_EVENT_BAD_RECORD,
                  L"spool record %ls is unreadable (%ls): moved to %ls", name, reason, bad);
     return TRUE;
+}
+
+static BOOL set_aside_temp(void *ctx, const wchar_t *path, const wchar_t *name,
+                           const wchar_t *reason)
+{
+    return set_aside(ctx, path, name, reason);
 }
 
 /* The user name for logs: UTF-8 to UTF-16, control characters shown as '?'. */
@@ -671,6 +679,8 @@ static pass_result deliver_pass(deliver_ctx *c)
         c->delay_ms = RESCAN_MS;
         return PASS_NOCONFIG;
     }
+    /* Records a crash left as temp files join the spool before it is listed. */
+    c->temps_recovered += spool_recover_temps(c->cfg->spool_dir, set_aside_temp, c);
     for (;;) {
         c->stuck = 0;
         if (!list_spool(c->cfg->spool_dir, &l)) {
@@ -844,10 +854,11 @@ static int run_main(int argc, wchar_t **argv)
             list_free(&rest);
         }
         if (stats)
-            say(stdout, L"delivered: %llu\ndropped: %llu\nset_aside: %llu\nremaining: %llu\n"
-                        L"elapsed_ms: %llu\nnodelay_sockets: %ld\n",
+            say(stdout, L"delivered: %llu\ndropped: %llu\nset_aside: %llu\nrecovered: %llu\n"
+                        L"remaining: %llu\nelapsed_ms: %llu\nnodelay_sockets: %ld\n",
                 (unsigned long long)c.delivered, (unsigned long long)c.dropped,
-                (unsigned long long)c.set_aside, (unsigned long long)left,
+                (unsigned long long)c.set_aside, (unsigned long long)c.temps_recovered,
+                (unsigned long long)left,
                 (unsigned long long)(GetTickCount64() - t0), http_nodelay_count());
         ctx_unload(&c);
         buf_free(&c.body);

@@ -130,6 +130,21 @@ BOOL record_load(const wchar_t *path, sender_record *r, BOOL *io_error, wchar_t 
                  size_t reason_cap);
 void record_free(sender_record *r);
 
+/* ---- sender_recover.c: records left as <name>.pcs.tmp (a crash before the rename) ---- */
+#define RECOVER_MIN_AGE_S 60 /* a younger temp file may be a write in progress */
+
+/* Moves an unreadable temp file out of the spool (bad\, event 3002); `path` is its full path,
+ * `name` its file name. */
+typedef BOOL (*recover_bad_fn)(void *ctx, const wchar_t *path, const wchar_t *name,
+                               const wchar_t *reason);
+
+/* Every temp file in `dir` with a record's name, last written more than RECOVER_MIN_AGE_S ago:
+ * one that reads back as a valid record (record_load) is renamed to its record name
+ * (MoveFileExW, write-through, no overwrite; one stderr line in console mode), one that does not
+ * goes to bad(). Files that cannot be read at all are left for the next call. Returns how many
+ * were renamed. */
+ULONG spool_recover_temps(const wchar_t *dir, recover_bad_fn bad, void *ctx);
+
 /* ---- sender.c ---- */
 void say(FILE *f, const wchar_t *fmt, ...);
 extern BOOL g_console;        /* also print events to stderr */
