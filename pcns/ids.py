@@ -1,10 +1,13 @@
-"""Time-ordered UUIDs (RFC 9562 version 7), so new rows land at the right edge of their index."""
+"""Ids: time-ordered UUIDs (RFC 9562 version 7), so new rows land at the right edge of their
+index, and the readable, time-stamped ids of keys."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 import uuid
+from datetime import UTC, datetime
 
 
 def uuid7() -> uuid.UUID:
@@ -16,3 +19,8 @@ def uuid7() -> uuid.UUID:
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
     return uuid.UUID(int=value)
+
+
+def new_key_id(prefix: str) -> str:
+    """``<prefix>-<UTC YYYYMMDDHHMMSS>-<6 hex>``: data keys (``dek``) and hook keys (``hpk``)."""
+    return f"{prefix}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"

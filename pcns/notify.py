@@ -29,6 +29,7 @@ from tenacity import (
 from pcns.errors import ConfigError
 from pcns.receiver.signature import sign
 from vault import HookPublicKey, KeyringError, parse_public_key, seal_for_hook
+from vault.hook_seal import KEY_ID_PATTERN
 
 
 def stable_webhook_id(secret: bytes, *parts: str | bytes) -> str:
@@ -156,7 +157,7 @@ def client_ssl_context(
 def load_recipient(key_id: str, path: Path) -> HookPublicKey:
     """The hook key to seal to: its id and its public half from ``path`` (the output of
     ``pcns keys hook export``, PEM or raw). :class:`ConfigError` names the file."""
-    if not re.fullmatch(r"hpk-[A-Za-z0-9-]{1,60}", key_id):
+    if not re.fullmatch(KEY_ID_PATTERN, key_id):
         raise ConfigError(f"recipient key id {key_id!r} is not a hook key id (hpk-...)")
     try:
         text = path.read_text(encoding="ascii")

@@ -11,7 +11,6 @@ source, does not open. The encoding is shared with the C side (``windows/README.
 
 from __future__ import annotations
 
-import secrets
 import struct
 from dataclasses import dataclass
 
@@ -22,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vault.errors import IntegrityError, KeyringError
 
 INFO_VERSION = b"pcns-seal-v1"
+# A hook key id as pcns makes them (``hpk-<UTC timestamp>-<6 hex>``), loosely: for validation.
+KEY_ID_PATTERN = r"^hpk-[A-Za-z0-9-]{1,60}$"
 POINT_BYTES = 65  # SEC1 uncompressed: 04 || X || Y
 SCALAR_BYTES = 32
 ENC_BYTES = POINT_BYTES
@@ -143,8 +144,3 @@ class HookKeyring:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise IntegrityError("opened value is not UTF-8") from None
-
-
-def new_hook_key_id(now: str) -> str:
-    """``hpk-<UTC timestamp>-<6 hex>``; ``now`` is ``YYYYMMDDHHMMSS``."""
-    return f"hpk-{now}-{secrets.token_hex(3)}"

@@ -16,6 +16,7 @@ from pcns.config import Duration, format_validation_error, is_loopback, read_tom
 from pcns.errors import ConfigError
 from pcns.notify import client_ssl_context, load_recipient
 from vault import HookPublicKey
+from vault.hook_seal import KEY_ID_PATTERN
 
 _NAME = r"^[^\x00-\x1f\x7f]{1,256}$"
 
@@ -35,7 +36,7 @@ class HookSettings(BaseModel):
     timeout: Duration = Field(default=10.0, gt=0)
     retry_for: Duration = Field(default=60.0, ge=0)
     # Seal each password to this pcns hook key (both or neither): `pcns keys hook export`.
-    recipient_key_id: str | None = Field(default=None, pattern=r"^hpk-[A-Za-z0-9-]{1,60}$")
+    recipient_key_id: str | None = Field(default=None, pattern=KEY_ID_PATTERN)
     recipient_key_file: Path | None = None
 
     @model_validator(mode="after")

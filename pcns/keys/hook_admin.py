@@ -9,15 +9,14 @@ retired one) without a restart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 
+from pcns.ids import new_key_id
 from pcns.queue import hook_keys as sql
 from pcns.queue import keys as key_sql
 from vault import HookPublicKey, KekProvider, new_hook_key_pair
-from vault.hook_seal import new_hook_key_id
 
 log = structlog.get_logger(__name__)
 
@@ -28,10 +27,13 @@ class HookKeyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class HookKeyInfo:
-    id: str
     state: str
     created_at: str
     public: HookPublicKey
+
+    @property
+    def id(self) -> str:
+        return self.public.key_id
 
 
 async def list_hook_keys(pool: asyncpg.Pool) -> list[HookKeyInfo]:
@@ -39,10 +41,7 @@ async def list_hook_keys(pool: asyncpg.Pool) -> list[HookKeyInfo]:
         rows = await sql.hook_keys(conn)
     return [
         HookKeyInfo(
-            r.id,
-            r.state,
-            r.created_at.isoformat(timespec="seconds"),
-            HookPublicKey(r.id, r.public_key),
+            r.state, r.created_at.isoformat(timespec="seconds"), HookPublicKey(r.id, r.public_key)
         )
         for r in rows
     ]
@@ -65,7 +64,7 @@ async def public_key(pool: asyncpg.Pool, key_id: str | None) -> HookPublicKey:
 async def create(pool: asyncpg.Pool, kek: KekProvider, *, actor: str, rotate: bool) -> str:
     """Make a new current hook key. ``rotate`` False refuses when one exists already; True keeps
     the previous current key active (it still opens what hooks sealed to it) until retired."""
-    key_id = new_hook_key_id(datetime.now(UTC).strftime("%Y%m%d%H%M%S"))
+    key_id = new_key_id("hpk")
     scalar, point = new_hook_key_pair()
     try:
         wrapped = await kek.wrap(key_id, scalar)

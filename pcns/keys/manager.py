@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 
+from pcns import ids
 from pcns.config import VaultSettings
 from pcns.database import UNAVAILABLE_ERRORS, connect
 from pcns.keys.hook_admin import unwrap_all
@@ -24,7 +23,7 @@ log = structlog.get_logger(__name__)
 
 
 def new_key_id() -> str:
-    return "dek-" + datetime.now(UTC).strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+    return ids.new_key_id("dek")
 
 
 class KeyManager:
@@ -83,10 +82,9 @@ class KeyManager:
     async def _install_hook_keys(self, rows: list[hook_sql.HookKeyRow]) -> None:
         if not self._load_hook_keys:
             return
-        known = {r.id: self._hook_scalars[r.id] for r in rows if r.id in self._hook_scalars}
-        fresh = [r for r in rows if r.wrapped is not None and r.id not in known]
-        scalars = {**known, **await unwrap_all(fresh, self.kek)}
-        scalars = {r.id: scalars[r.id] for r in rows if r.wrapped is not None}
+        live = [r for r in rows if r.wrapped is not None]  # a retired key is dropped here
+        fresh = await unwrap_all([r for r in live if r.id not in self._hook_scalars], self.kek)
+        scalars = {r.id: self._hook_scalars.get(r.id) or fresh[r.id] for r in live}
         if scalars.keys() != self._hook_scalars.keys():
             self.hook_keys.install(scalars)
             log.info("hook_keys_loaded", key_ids=sorted(scalars))

@@ -14,9 +14,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
+
+from vault.hook_seal import ENC_BYTES, KEY_ID_PATTERN, TAG_BYTES
 
 
 class BodyRejected(Exception):
@@ -50,8 +53,13 @@ def _base64(value: object) -> object:
 
 Name = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
 MAX_PASSWORD_CHARS = 1024
-# enc (65) + the password's UTF-8 (at most 4 bytes a character) + the tag (16).
-_SEALED_BYTES = (65 + 1 + 16, 65 + 4 * MAX_PASSWORD_CHARS + 16)
+Password = Annotated[
+    SecretStr, Field(min_length=1, max_length=MAX_PASSWORD_CHARS), AfterValidator(_no_nul)
+]
+# The same rules for a password opened from ``sealed``.
+_PASSWORD_RULES: TypeAdapter[SecretStr] = TypeAdapter(Password)
+# enc + the password's UTF-8 (at most 4 bytes a character) + the tag.
+_SEALED_BYTES = (ENC_BYTES + 1 + TAG_BYTES, ENC_BYTES + 4 * MAX_PASSWORD_CHARS + TAG_BYTES)
 
 
 class SealedIn(BaseModel):
@@ -59,7 +67,7 @@ class SealedIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    key_id: Annotated[str, Field(pattern=r"^hpk-[A-Za-z0-9-]{1,60}$")]
+    key_id: Annotated[str, Field(pattern=KEY_ID_PATTERN)]
     ciphertext: Annotated[
         bytes,
         BeforeValidator(_base64),
@@ -76,12 +84,7 @@ class PasswordChangeIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     user: Name
-    password: (
-        Annotated[
-            SecretStr, Field(min_length=1, max_length=MAX_PASSWORD_CHARS), AfterValidator(_no_nul)
-        ]
-        | None
-    ) = None
+    password: Password | None = None
     sealed: SealedIn | None = None
     domain: Name | None = None
     upn: Name | None = None
@@ -97,10 +100,12 @@ class PasswordChangeIn(BaseModel):
 
 def check_password(password: str) -> str:
     """The rules ``password`` follows, for a password opened from ``sealed``; never echoes it."""
-    if not password or len(password) > MAX_PASSWORD_CHARS:
-        raise BodyRejected(f"sealed: the password must have 1 to {MAX_PASSWORD_CHARS} characters")
-    if "\x00" in password:
-        raise BodyRejected("sealed: the password must not contain NUL characters")
+    try:
+        _PASSWORD_RULES.validate_python(password)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        detail = "; ".join(err["msg"] for err in errors)
+        raise BodyRejected(f"sealed: the opened password: {detail}") from None
     return password
 
 

@@ -82,7 +82,8 @@ async def test_sealed_change_is_delivered(
 
 
 @pytest.mark.parametrize(
-    "case", ["tampered", "other_webhook_id", "other_user", "other_source", "unknown_key"]
+    "case",
+    ["tampered", "other_webhook_id", "other_user", "other_source", "unknown_key", "too_long"],
 )
 async def test_sealed_change_that_does_not_open_is_refused(
     sealed_service: RunningService,
@@ -91,8 +92,9 @@ async def test_sealed_change_that_does_not_open_is_refused(
     hook_key: HookPublicKey,
     case: str,
 ) -> None:
-    """A sealed body that does not open (tampered, bound elsewhere, unknown key) is a 400 problem
-    that names the field and echoes nothing, and nothing is stored."""
+    """A sealed body that does not open (tampered, bound elsewhere, unknown key) or opens to a
+    password that breaks the password rules is a 400 problem that names the field and echoes
+    nothing, and nothing is stored."""
     wid = f"msg_{uuid.uuid4().hex}"
     key, seal_kwargs = hook_key, {}
     if case == "other_webhook_id":
@@ -103,7 +105,8 @@ async def test_sealed_change_that_does_not_open_is_refused(
         seal_kwargs = {"source": "dc02"}
     if case == "unknown_key":
         key = HookPublicKey("hpk-20260101000000-abcdef", hook_key.point)
-    body = sealed_body(key, SENTINEL, **{"webhook_id": wid, **seal_kwargs})
+    password = SENTINEL * 50 if case == "too_long" else SENTINEL  # over 1,024 characters
+    body = sealed_body(key, password, **{"webhook_id": wid, **seal_kwargs})
     if case == "tampered":
         doc = json.loads(body)
         raw = bytearray(base64.b64decode(doc["sealed"]["ciphertext"]))
@@ -113,7 +116,9 @@ async def test_sealed_change_that_does_not_open_is_refused(
     status, problem, text = await post(client, body, wid)
     assert status == 400, text
     assert problem["type"] == "urn:pcns:problem:sealed-invalid"
-    field = "sealed.key_id" if case == "unknown_key" else "sealed:"
+    field = {"unknown_key": "sealed.key_id", "too_long": "sealed: the opened password"}.get(
+        case, "sealed: does not open"
+    )
     assert problem["detail"].startswith(field)
     assert SENTINEL not in text
     assert await counts(files) == (0, 0)
