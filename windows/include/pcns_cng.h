@@ -23,4 +23,7 @@ typedef enum {
 /* The shared handle of `id` in *alg; an NTSTATUS failure leaves *alg NULL. */
 NTSTATUS pcns_alg(pcns_alg_id id, BCRYPT_ALG_HANDLE *alg);
 
+/* SHA-256 of `len` bytes at `data` into `out` (32 bytes), with the shared handle. */
+NTSTATUS pcns_sha256(const BYTE *data, ULONG len, BYTE out[32]);
+
 #endif

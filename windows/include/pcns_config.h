@@ -92,9 +92,6 @@ typedef struct pcns_config {
  * key, another Win32 error when it could not be read. Defaults are filled in either way. */
 DWORD pcns_config_read(pcns_config *cfg);
 
-/* The same from another key (tests, or a key under another root). */
-DWORD pcns_config_read_key(HKEY root, const WCHAR *subkey, pcns_config *cfg);
-
 /* Only what the filter needs (Source, RecipientKeyId, RecipientPublicKey, SpoolDir): the
  * filter never reads the sender's secret into LSASS. Same results as pcns_config_read. */
 DWORD pcns_config_read_filter(pcns_config *cfg);

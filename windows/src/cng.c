@@ -61,3 +61,23 @@ NTSTATUS pcns_alg(pcns_alg_id id, BCRYPT_ALG_HANDLE *alg)
     *alg = mine;
     return 0;
 }
+
+NTSTATUS pcns_sha256(const BYTE *data, ULONG len, BYTE out[32])
+{
+    BCRYPT_ALG_HANDLE alg = NULL;
+    BCRYPT_HASH_HANDLE h = NULL;
+    NTSTATUS st;
+
+    st = pcns_alg(PCNS_ALG_SHA256, &alg);
+    if (!BCRYPT_SUCCESS(st))
+        return st;
+    st = BCryptCreateHash(alg, &h, NULL, 0, NULL, 0, 0);
+    if (!BCRYPT_SUCCESS(st))
+        return st;
+    if (len != 0)
+        st = BCryptHashData(h, (PUCHAR)data, len, 0);
+    if (BCRYPT_SUCCESS(st))
+        st = BCryptFinishHash(h, out, 32, 0);
+    BCryptDestroyHash(h);
+    return st;
+}

@@ -274,11 +274,6 @@ out_key:
     return rc;
 }
 
-DWORD pcns_config_read_key(HKEY root, const WCHAR *subkey, pcns_config *cfg)
-{
-    return read_values(root, subkey, TRUE, cfg);
-}
-
 DWORD pcns_config_read(pcns_config *cfg)
 {
     return read_values(HKEY_LOCAL_MACHINE, PCNS_REG_KEY, TRUE, cfg);

@@ -8,6 +8,8 @@
 #include <ws2tcpip.h>
 
 #include "sender_internal.h"
+/* after it: sender_internal.h brings winsock2.h, which must precede windows.h */
+#include "pcns_cng.h"
 
 #include <bcrypt.h>
 #include <stdio.h>
@@ -258,14 +260,7 @@ void http_close(http_client *h)
 
 static BOOL sha256(const BYTE *data, DWORD n, BYTE out[32])
 {
-    BCRYPT_ALG_HANDLE alg = NULL;
-    BOOL ok = FALSE;
-
-    if (!NT_SUCCESS(BCryptOpenAlgorithmProvider(&alg, BCRYPT_SHA256_ALGORITHM, NULL, 0)))
-        return FALSE;
-    ok = NT_SUCCESS(BCryptHash(alg, NULL, 0, (PUCHAR)data, n, out, 32));
-    BCryptCloseAlgorithmProvider(alg, 0);
-    return ok;
+    return NT_SUCCESS(pcns_sha256(data, n, out));
 }
 
 /* TRUE when the server certificate of this request hashes to the pin. */

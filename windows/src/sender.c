@@ -231,14 +231,24 @@ static ULONGLONG file_age_seconds(const wchar_t *dir, const wchar_t *name)
     return ft && now > ft ? (now - ft) / 10000000ULL : 0;
 }
 
-static size_t count_dir(const wchar_t *dir)
+/* Every file in `dir`, whatever its name (bad\ also holds temp records set aside). */
+static size_t count_files(const wchar_t *dir)
 {
-    spool_list l;
-    size_t n;
-    if (!list_spool(dir, &l))
+    wchar_t pattern[MAX_PATH + 8];
+    WIN32_FIND_DATAW fd;
+    HANDLE h;
+    size_t n = 0;
+
+    if (swprintf(pattern, ARRAYSIZE(pattern), L"%ls\\*", dir) < 0)
         return 0;
-    n = l.count;
-    list_free(&l);
+    h = FindFirstFileExW(pattern, FindExInfoBasic, &fd, FindExSearchNameMatch, NULL, 0);
+    if (h == INVALID_HANDLE_VALUE)
+        return 0;
+    do {
+        if (!(fd.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY))
+            n++;
+    } while (FindNextFileW(h, &fd));
+    FindClose(h);
     return n;
 }
 
@@ -351,7 +361,8 @@ static BOOL ctx_load(deliver_ctx *c)
                     c->cfg->present & PCNS_CFG_CLIENT_CERT_THUMBPRINT ? c->cfg->client_cert_thumbprint
                                                                       : NULL);
     if (err) {
-        swprintf(msg, ARRAYSIZE(msg), L"cannot set up HTTP to %ls (error %lu)%ls", c->cfg->url,
+        /* Not the Url itself: this is where one with user:password@ in it is refused. */
+        swprintf(msg, ARRAYSIZE(msg), L"cannot set up HTTP to the configured Url (error %lu)%ls",
                  err,
                  err == (DWORD)CRYPT_E_NOT_FOUND ? L": ClientCertThumbprint is not in LocalMachine\\My"
                                           : L"");
@@ -896,8 +907,18 @@ static int status_main(void)
         say(stdout, L"url: %ls\nsource: %hs\n", cfg->url, cfg->source);
         config_free(cfg);
     } else {
+        /* Still the configured SpoolDir, when the rest of the configuration is what is wrong. */
+        pcns_config *raw = calloc(1, sizeof *raw);
         say(stdout, L"configured: no (%ls)\n", msg);
-        default_spool_dir(spool, ARRAYSIZE(spool));
+        if (raw != NULL) {
+            pcns_config_read(raw); /* fills the default SpoolDir when it has none */
+            wcsncpy(spool, raw->spool_dir, ARRAYSIZE(spool) - 1);
+            spool[ARRAYSIZE(spool) - 1] = 0;
+            pcns_config_clear(raw);
+            free(raw);
+        }
+        if (raw == NULL || spool[0] == 0)
+            default_spool_dir(spool, ARRAYSIZE(spool));
         rc = 1;
     }
     say(stdout, L"spool: %ls\n", spool);
@@ -914,7 +935,7 @@ static int status_main(void)
         list_free(&l);
     }
     swprintf(bad, ARRAYSIZE(bad), L"%ls\\bad", spool);
-    say(stdout, L"bad: %llu\n", (unsigned long long)count_dir(bad));
+    say(stdout, L"bad: %llu\n", (unsigned long long)count_files(bad));
     say(stdout, L"state: %ls\n", status_read(L"State", v, ARRAYSIZE(v)) ? v : L"ok");
     say(stdout, L"last_error: %ls\n", status_read(L"LastError", v, ARRAYSIZE(v)) ? v : L"none");
     if (status_read(L"LastErrorAt", v, ARRAYSIZE(v)))

@@ -370,7 +370,6 @@ static BOOL hex_decode_a(const char *hex, size_t hn, BYTE *out, size_t n)
  * prime256v1). The point is checked to be on P-256 (pcns_p256_check_point). */
 static int load_recipient_key(const wchar_t *path, BYTE point[65])
 {
-    static const char OID_P256[] = "1.2.840.10045.3.1.7";
     static const BYTE P256_PARAMS[] = {0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07};
     char *data = NULL, *s;
     DWORD len = 0, slen, der_len = 0, info_len = 0;
@@ -378,7 +377,6 @@ static int load_recipient_key(const wchar_t *path, BYTE point[65])
     CERT_PUBLIC_KEY_INFO *info = NULL;
     int rc = 2;
 
-    (void)OID_P256;
     if (!read_small_file(path, &data, &len))
         return usage_error(L"--recipient-key-file: cannot read %ls (error %lu)", path,
                            GetLastError());
@@ -663,6 +661,16 @@ int configure_main(int argc, wchar_t **argv)
     err = make_dirs(bad_dir, dir_sd);
     if (err) {
         say(stderr, L"pcns-sender configure: cannot create %ls (error %lu)\n", bad_dir, err);
+        goto out;
+    }
+    /* A folder that existed already gets the same protected DACL as a new one (this folder only:
+     * SetFileSecurityW does not walk the records inside). */
+    if (!SetFileSecurityW(spool_buf, DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                          dir_sd) ||
+        !SetFileSecurityW(bad_dir, DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                          dir_sd)) {
+        say(stderr, L"pcns-sender configure: cannot set the spool folder's DACL (error %lu)\n",
+            GetLastError());
         goto out;
     }
     st = RegCreateKeyExW(HKEY_LOCAL_MACHINE, SENDER_KEY, 0, NULL, 0,

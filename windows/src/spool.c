@@ -12,26 +12,7 @@ static volatile LONG spool_counter;
 
 static DWORD sha256(const BYTE *data, ULONG len, BYTE out[PCNS_SPOOL_HASH_LEN])
 {
-    BCRYPT_ALG_HANDLE alg = NULL;
-    BCRYPT_HASH_HANDLE h = NULL;
-    NTSTATUS st;
-
-    st = pcns_alg(PCNS_ALG_SHA256, &alg);
-    if (!BCRYPT_SUCCESS(st))
-        goto out;
-    st = BCryptCreateHash(alg, &h, NULL, 0, NULL, 0, 0);
-    if (!BCRYPT_SUCCESS(st))
-        goto out;
-    if (len != 0) {
-        st = BCryptHashData(h, (PUCHAR)data, len, 0);
-        if (!BCRYPT_SUCCESS(st))
-            goto out_hash;
-    }
-    st = BCryptFinishHash(h, out, PCNS_SPOOL_HASH_LEN, 0);
-out_hash:
-    BCryptDestroyHash(h);
-out:
-    return BCRYPT_SUCCESS(st) ? ERROR_SUCCESS : ERROR_INTERNAL_ERROR;
+    return BCRYPT_SUCCESS(pcns_sha256(data, len, out)) ? ERROR_SUCCESS : ERROR_INTERNAL_ERROR;
 }
 
 static void put16(BYTE *p, USHORT v)

@@ -1,6 +1,8 @@
 /* pcns-sender: the request body (README "The request the sender makes") and its Standard
  * Webhooks signature (docs/hooks.md): base64, JSON strings, RFC 3339 times, HMAC-SHA256 by CNG. */
 #include "sender_internal.h"
+/* after it: sender_internal.h brings winsock2.h, which must precede windows.h */
+#include "pcns_cng.h"
 
 #include <bcrypt.h>
 #include <stdint.h>
@@ -267,8 +269,7 @@ BOOL webhook_sign(const BYTE *key, DWORD key_len, const char *webhook_id, ULONGL
     tsn = snprintf(ts, sizeof ts, ".%llu.", (unsigned long long)timestamp);
     if (tsn <= 0)
         return FALSE;
-    st = BCryptOpenAlgorithmProvider(&alg, BCRYPT_SHA256_ALGORITHM, NULL,
-                                     BCRYPT_ALG_HANDLE_HMAC_FLAG);
+    st = pcns_alg(PCNS_ALG_HMAC_SHA256, &alg); /* shared: opened once per process */
     if (!NT_SUCCESS(st))
         goto out;
     st = BCryptCreateHash(alg, &hash, NULL, 0, (PUCHAR)key, key_len, 0);
@@ -293,8 +294,6 @@ out:
     SecureZeroMemory(mac, sizeof mac);
     if (hash)
         BCryptDestroyHash(hash);
-    if (alg)
-        BCryptCloseAlgorithmProvider(alg, 0);
     return ok;
 }
 
