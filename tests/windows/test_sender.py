@@ -495,6 +495,20 @@ def test_status_reports_depth_and_oldest_age(sender: Sender) -> None:
     assert "last_error_at" in st
 
 
+def test_status_of_a_broken_configuration_still_reads_its_spool(sender: Sender) -> None:
+    """With the Url value gone, `status` says the sender is not configured and still counts
+    the configured spool folder, records set aside in bad\\ included, whatever their name."""
+    sender.write("alice", "Pw-1!")
+    bad = sender.spool / "bad"
+    bad.mkdir(exist_ok=True)
+    (bad / "0000000000000000-00000001-00000001.pcs.tmp").write_bytes(b"partial")
+    sender.wine.reg_delete(PCNS_SENDER_KEY, "Url")
+    st = sender.status()
+    assert st["configured"].startswith("no")
+    assert st["spool"] == sender.wine.to_windows_path(sender.spool)
+    assert (st["depth"], st["bad"]) == ("1", "1")
+
+
 @pytest.mark.timeout(300)
 def test_configure_refuses_plain_http_off_loopback_and_bad_keys(
     sender: Sender, tmp_path: Path
