@@ -20,7 +20,7 @@ from pcns.hooks import cli as hooks_cli
 from pcns.keys import cli as keys_cli
 from pcns.keys.admin import KeyAdminError
 from pcns.logging import configure_logging
-from pcns.notify import client_ssl_context
+from pcns.client import client_ssl_context
 from pcns.secret_files import (
     new_admin_token,
     new_webhook_secret,
@@ -290,7 +290,7 @@ def _ssl_context(args: argparse.Namespace) -> Any:
 
 
 async def _notify(args: argparse.Namespace) -> int:
-    from pcns.notify import NotifyFailed, Sender, load_recipient
+    from pcns.client import NotifyFailed, Sender, load_recipient
 
     settings = load_settings(args.config) if args.config else None
     url = args.url or (_receiver_url(settings) if settings else None)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pcns.config import Duration, format_validation_error, is_loopback, read_toml
 from pcns.errors import ConfigError
-from pcns.notify import client_ssl_context, load_recipient
+from pcns.client import client_ssl_context, load_recipient
 from vault import HookPublicKey
 from vault.hook_seal import KEY_ID_PATTERN
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from ldif import LDIFParser
 
-from pcns.notify import stable_webhook_id
+from pcns.client import stable_webhook_id
 
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 
