@@ -1,6 +1,9 @@
 """The composition root: config -> vault -> queue -> targets -> workers -> HTTP app.
 
-Nothing else constructs these; tests and the CLI go through :func:`run_service`.
+Nothing else constructs these. The building blocks are async context managers, so every
+command (``serve``, ``db``, ``keys``, ``targets check``) gets the same database, KEK and
+targets, built and closed the same way: :func:`open_database`, :func:`admin_resources`,
+:func:`configured_targets`, and :func:`running_service` for the whole service.
 """
 
 from __future__ import annotations
@@ -8,39 +11,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
 from pcns.config import Role, ServerSettings, Settings, TargetConfig, format_validation_error
-from pcns.database import UNAVAILABLE_ERRORS, create_pool, database_url
+from pcns.database import Database, create_pool, database_url
 from pcns.delivery.protection import Protection, TargetGuard
 from pcns.delivery.worker import DeliveryWorker
 from pcns.errors import ConfigError
 from pcns.keys.manager import KeyManager
 from pcns.metrics import Metrics
-from pcns.queue.keys import ciphertexts_per_key
-from pcns.queue.migrate import migrate
-from pcns.queue.retention import prune_finished
-from pcns.queue.store import queue_stats
+from pcns.queue.deliveries import DeliveryQueue
+from pcns.queue.key_store import KeyStore
+from pcns.queue.migrate import migrate_database
+from pcns.queue.upkeep import observe_queue, prune_history
 from pcns.receiver.committer import GroupCommitter
 from pcns.receiver.http import CONTEXT, ReceiverContext, add_routes, problem_middleware
 from pcns.routing import Router
 from pcns.secret_files import read_private_file, read_webhook_secret
 from targets.base import Target, load_target_types
-from vault import FileKek, KekProvider, Keyring, TransitConfig, TransitKek
+from vault import FileKek, KekProvider, TransitConfig, TransitKek
 
 log = structlog.get_logger(__name__)
 
-STATS_INTERVAL = 5.0
-PRUNE_FIRST_DELAY = 60.0
-PRUNE_INTERVAL = 3600.0
 COMMIT_FLUSHERS = 1  # see pcns.receiver.committer
+ADMIN_POOL_SIZE = 4
 
 
 def build_targets(settings: Settings) -> dict[str, Target]:
@@ -59,6 +59,17 @@ def build_targets(settings: Settings) -> dict[str, Target]:
             raise ConfigError(f"targets.{i} ({cfg.name}): {format_validation_error(exc)}") from None
         built[cfg.name] = factory(cfg.name, adapter_settings)
     return built
+
+
+@asynccontextmanager
+async def configured_targets(settings: Settings) -> AsyncIterator[dict[str, Target]]:
+    """Every configured target, built; each one closed when the block ends."""
+    built = build_targets(settings)
+    try:
+        yield built
+    finally:
+        for adapter in built.values():
+            await adapter.close()
 
 
 def protection_of(target: TargetConfig) -> Protection:
@@ -81,6 +92,42 @@ def build_kek(settings: Settings) -> KekProvider:
     return TransitKek(TransitConfig(**t.model_dump()))
 
 
+@asynccontextmanager
+async def open_database(
+    settings: Settings, *, pool_size: int | None = None, migrate: bool = True
+) -> AsyncIterator[Database]:
+    """The configured PostgreSQL (or the embedded one), pooled, with every migration applied
+    unless ``migrate`` is False."""
+    size = pool_size or settings.database.pool_size
+    async with (
+        database_url(settings.database) as url,
+        create_pool(url, size=size, wait=settings.database.connect_wait) as db,
+    ):
+        if migrate:
+            await migrate_database(db)
+        yield db
+
+
+@dataclass(frozen=True)
+class AdminResources:
+    """What a one-shot administration command works with."""
+
+    queue: DeliveryQueue
+    keys: KeyStore
+    kek: KekProvider
+
+
+@asynccontextmanager
+async def admin_resources(settings: Settings) -> AsyncIterator[AdminResources]:
+    """The database (migrated) and the KEK, for ``pcns db`` and ``pcns keys`` commands."""
+    kek = build_kek(settings)
+    try:
+        async with open_database(settings, pool_size=ADMIN_POOL_SIZE) as db:
+            yield AdminResources(DeliveryQueue(db), KeyStore(db), kek)
+    finally:
+        await kek.close()
+
+
 def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
     if server.tls_cert is None or server.tls_key is None:
         return None
@@ -96,7 +143,8 @@ def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
 @dataclass(frozen=True)
 class RunningService:
     url: str
-    pool: asyncpg.Pool
+    queue: DeliveryQueue
+    key_store: KeyStore
     metrics: Metrics
 
 
@@ -107,69 +155,60 @@ async def running_service(
     """Start every part the role needs; on exit stop HTTP first, then commit, then deliver."""
     stop = stop or asyncio.Event()
     receiver = role in ("receiver", "all")
+    worker = role in ("worker", "all")
     kek = build_kek(settings)
     # A worker-only host needs neither the sources' secrets nor the admin token.
     sources = (
         {s.id: read_webhook_secret(s.secret_file) for s in settings.sources} if receiver else {}
     )
     admin_token = read_private_file(settings.admin.token_file, "admin token") if receiver else None
-    targets = build_targets(settings) if role != "receiver" else {}
     metrics = Metrics()
     async with AsyncExitStack() as stack:
         stack.push_async_callback(kek.close)
-        for adapter in targets.values():
-            stack.push_async_callback(adapter.close)
-        url = await stack.enter_async_context(database_url(settings.database))
-        pool = await stack.enter_async_context(
-            create_pool(url, size=settings.database.pool_size, wait=settings.database.connect_wait)
-        )
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        keys = KeyManager(
-            pool=pool,
-            url=url,
-            kek=kek,
-            settings=settings.vault,
-            metrics=metrics,
-            auto_rotate=role != "receiver",
-            hook_keys=receiver,  # only a receiver opens sealed changes
-        )
-        await keys.load()
-        key_task = asyncio.create_task(keys.run(stop), name="pcns-keys")
-        stack.push_async_callback(_stop_and_await, key_task, stop)
-        worker_task: asyncio.Task[None] | None = None
-        if role in ("worker", "all"):
-            worker = DeliveryWorker(
-                pool=pool,
-                url=url,
-                keys=keys,
-                targets=targets,
-                guards={t.name: TargetGuard(t.name, protection_of(t)) for t in settings.targets},
-                settings=settings.delivery,
+        targets: dict[str, Target] = {}
+        if worker:
+            targets = await stack.enter_async_context(configured_targets(settings))
+        db = await stack.enter_async_context(open_database(settings))
+        queue, key_store = DeliveryQueue(db), KeyStore(db)
+        keys = await stack.enter_async_context(
+            KeyManager(
+                store=key_store,
+                kek=kek,
+                settings=settings.vault,
                 metrics=metrics,
+                auto_rotate=worker,
+                hook_keys=receiver,  # only a receiver opens sealed changes
             )
-            worker_task = asyncio.create_task(worker.run(stop), name="pcns-worker")
-            stack.push_async_callback(_stop_and_await, worker_task, stop)
-            if settings.database.retention is not None:
-                prune_task = asyncio.create_task(
-                    _prune_history(pool, metrics, settings.database.retention, stop),
-                    name="pcns-prune",
+        )
+        if worker:
+            await stack.enter_async_context(
+                DeliveryWorker(
+                    queue=queue,
+                    keys=keys,
+                    targets=targets,
+                    guards={
+                        t.name: TargetGuard(t.name, protection_of(t)) for t in settings.targets
+                    },
+                    settings=settings.delivery,
+                    metrics=metrics,
                 )
-                stack.push_async_callback(_cancel, prune_task)
+            )
+            if settings.database.retention is not None:
+                _background(stack, prune_history(queue, metrics, settings.database.retention, stop))
         committer = None
         if receiver:
             committer = await stack.enter_async_context(
                 GroupCommitter(
-                    pool, max_batch=settings.server.commit_batch, flushers=COMMIT_FLUSHERS
+                    queue, max_batch=settings.server.commit_batch, flushers=COMMIT_FLUSHERS
                 )
             )
-        stats_task = asyncio.create_task(
-            _observe_queue(pool, metrics, [t.name for t in settings.targets], keys.keyring, stop)
+        target_names: Sequence[str] = [t.name for t in settings.targets]
+        _background(
+            stack, observe_queue(queue, key_store, metrics, target_names, keys.keyring, stop)
         )
-        stack.push_async_callback(_cancel, stats_task)
         app = web.Application(middlewares=[problem_middleware])
         app[CONTEXT] = ReceiverContext(
-            pool=pool,
+            queue=queue,
             keys=keys.keyring,
             hook_keys=keys.hook_keys,
             router=Router(settings.targets),
@@ -197,68 +236,20 @@ async def running_service(
         scheme = "https" if tls else "http"
         public = f"{scheme}://{settings.server.listen}"
         log.info("service_started", listen=public, role=role, targets=sorted(targets))
-        yield RunningService(url=public, pool=pool, metrics=metrics)
+        yield RunningService(url=public, queue=queue, key_store=key_store, metrics=metrics)
         stop.set()
         log.info("service_stopping", role=role)
 
 
-async def _stop_and_await(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    stop.set()
-    await task
+def _background(stack: AsyncExitStack, coro: Coroutine[object, object, None]) -> None:
+    """Run ``coro`` until the stack unwinds, then cancel it."""
+    stack.push_async_callback(_cancel, asyncio.create_task(coro))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-async def _observe_queue(
-    pool: asyncpg.Pool,
-    metrics: Metrics,
-    targets: list[str],
-    keyring: Keyring,
-    stop: asyncio.Event,
-) -> None:
-    while not stop.is_set():
-        try:
-            async with pool.acquire(timeout=5) as conn:
-                stats = await queue_stats(conn)
-                sealed = await ciphertexts_per_key(conn)
-            metrics.observe_queue(targets, stats)
-            metrics.observe_ciphertexts(set(keyring.key_ids), sealed)
-            metrics.database_up.set(1)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
-            metrics.database_up.set(0)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=STATS_INTERVAL)
-
-
-async def _prune_history(
-    pool: asyncpg.Pool, metrics: Metrics, retention: float, stop: asyncio.Event
-) -> None:
-    """``database.retention``: delete finished history once an hour, the first time a minute
-    after start (not while the service is still coming up)."""
-    delay = PRUNE_FIRST_DELAY
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        if stop.is_set():
-            return
-        delay = PRUNE_INTERVAL
-        try:
-            pruned = await prune_finished(pool, older_than=retention)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
-            log.warning("history_prune_failed", error=type(exc).__name__)
-            continue
-        metrics.pruned.labels("deliveries").inc(pruned.deliveries)
-        metrics.pruned.labels("changes").inc(pruned.changes)
-        log.info(
-            "history_pruned",
-            deliveries=pruned.deliveries,
-            changes=pruned.changes,
-            skipped=pruned.skipped,
-        )
 
 
 async def run_service(

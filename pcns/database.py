@@ -1,15 +1,19 @@
 """The PostgreSQL the service runs on: an external server, or an embedded one under ``data_dir``.
 
-Both paths end in the same asyncpg pool; the embedded server (``pgserver``) listens on a unix
-socket only and is stopped when the service exits.
+Both paths end in the same asyncpg pool, held by a :class:`Database`; the embedded server
+(``pgserver``) listens on a unix socket only and is stopped when the service exits. This module
+and ``pcns.queue`` are the only ones that import asyncpg: driver errors are translated here,
+once, into :class:`pcns.errors.DatabaseUnavailable` and :class:`pcns.errors.QueueRefused`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,13 @@ from tenacity import (
 )
 
 from pcns.config import DatabaseSettings
-from pcns.errors import DatabaseUnavailable
+from pcns.errors import DatabaseUnavailable, QueueRefused
 
 log = structlog.get_logger(__name__)
 
-# What "the database is unreachable right now" looks like from asyncpg; anything else is a bug.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+# What "the database is unreachable right now" looks like from asyncpg; a PostgresError is a
+# refusal; anything else is a bug.
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -39,6 +44,74 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.ConnectionFailureError,
 )
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Run database calls, raising only :class:`DatabaseUnavailable` or :class:`QueueRefused`.
+
+    ``from None``: the driver's text (a failing row's detail quotes the row) stays out of every
+    message and traceback; its class name and SQLSTATE are kept.
+    """
+    try:
+        yield
+    except _UNAVAILABLE_ERRORS as exc:
+        name = type(exc).__name__
+        raise DatabaseUnavailable(f"PostgreSQL is unreachable ({name})", cause=name) from None
+    except asyncpg.PostgresError as exc:
+        name, code = type(exc).__name__, exc.sqlstate
+        raise QueueRefused(
+            f"PostgreSQL refused the statement ({name}, SQLSTATE {code})", cause=name, sqlstate=code
+        ) from None
+
+
+@dataclass(frozen=True)
+class Database:
+    """The pool and the URL it was made from (LISTEN needs its own connection)."""
+
+    url: str
+    pool: asyncpg.Pool = field(repr=False)
+
+    async def listen(
+        self,
+        channel: str,
+        on_notify: Callable[[], None],
+        stop: asyncio.Event,
+        *,
+        retry_every: float = 5.0,
+    ) -> None:
+        """LISTEN on ``channel`` until ``stop``, reconnecting whenever the connection is lost.
+
+        Every notification calls ``on_notify``, and so does each (re)connection: whatever was
+        announced while it was down is then picked up by the caller's own read.
+        """
+        while not stop.is_set():
+            try:
+                conn = await connect(self.url, wait=retry_every)
+            except DatabaseUnavailable:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=retry_every)
+                continue
+            lost = asyncio.Event()
+            try:
+                await conn.add_listener(channel, lambda *_: on_notify())
+                conn.add_termination_listener(_setter(lost))
+                on_notify()
+                waiters = [asyncio.create_task(e.wait()) for e in (stop, lost)]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+            except _UNAVAILABLE_ERRORS:
+                pass
+            finally:
+                with contextlib.suppress(*_UNAVAILABLE_ERRORS):
+                    await asyncio.wait_for(conn.close(), timeout=5)
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _: event.set()
 
 
 @asynccontextmanager
@@ -74,16 +147,17 @@ async def database_url(settings: DatabaseSettings) -> AsyncIterator[str]:
 
 async def connect(url: str, *, wait: float = 30.0) -> asyncpg.Connection:
     """One connection, retried with backoff while the server is starting or briefly away."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(UNAVAILABLE_ERRORS),
-        wait=wait_random_exponential(multiplier=0.2, max=3.0),
-        stop=stop_after_delay(wait),
-        reraise=True,
-    ):
-        with attempt:
-            conn: asyncpg.Connection = await asyncpg.connect(url, timeout=10)
-            return conn
-    raise DatabaseUnavailable("could not connect")  # pragma: no cover - reraise=True above
+    with translated():
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_UNAVAILABLE_ERRORS),
+            wait=wait_random_exponential(multiplier=0.2, max=3.0),
+            stop=stop_after_delay(wait),
+            reraise=True,
+        ):
+            with attempt:
+                conn: asyncpg.Connection = await asyncpg.connect(url, timeout=10)
+                return conn
+    raise AssertionError("unreachable: reraise=True above")  # pragma: no cover
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -98,23 +172,24 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
-async def create_pool(url: str, *, size: int, wait: float = 30.0) -> AsyncIterator[asyncpg.Pool]:
+async def create_pool(url: str, *, size: int, wait: float = 30.0) -> AsyncIterator[Database]:
     """A pool whose first connection is retried while the server is starting."""
     conn = await connect(url, wait=wait)
     await conn.close()
-    pool = await asyncpg.create_pool(
-        url,
-        min_size=min(2, size),
-        max_size=size,
-        command_timeout=30,
-        timeout=10,
-        max_inactive_connection_lifetime=300,
-        reset=_keep_session,
-    )
+    with translated():
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min(2, size),
+            max_size=size,
+            command_timeout=30,
+            timeout=10,
+            max_inactive_connection_lifetime=300,
+            reset=_keep_session,
+        )
     try:
-        yield pool
+        yield Database(url, pool)
     finally:
         try:
             await asyncio.wait_for(pool.close(), timeout=10)
-        except UNAVAILABLE_ERRORS:
+        except _UNAVAILABLE_ERRORS:
             pool.terminate()

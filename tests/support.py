@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
+import tomli_w
 from standardwebhooks.webhooks import Webhook
 
 from pcns.config import Settings
@@ -43,31 +44,28 @@ def free_port() -> int:
         return port
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
+def _toml_ready(value: Any) -> Any:
+    """``value`` with every path as a string, the one type of ours that tomli-w does not take."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _toml_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(type(value))
+        return [_toml_ready(v) for v in value]
+    return value
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value (a scalar or an array of them), for a ``key = value`` line."""
+    line = tomli_w.dumps({"v": _toml_ready(value)})
+    if not line.startswith("v = "):
+        raise TypeError(type(value))
+    return line.removeprefix("v = ").rstrip("\n")
 
 
 def to_toml(doc: dict[str, Any]) -> str:
-    """Enough TOML for a pcns config: tables of scalars and arrays of tables."""
-    out: list[str] = []
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            out.append(f"[{key}]")
-            out += [f"{k} = {toml_value(v)}" for k, v in value.items()]
-        else:
-            for item in value:
-                out.append(f"[[{key}]]")
-                out += [f"{k} = {toml_value(v)}" for k, v in item.items()]
-        out.append("")
-    return "\n".join(out)
+    """``doc`` as a TOML document (tomli-w); paths are written as strings."""
+    return tomli_w.dumps(_toml_ready(doc))
 
 
 @dataclass
@@ -315,15 +313,17 @@ async def hook_key_op(files: ServiceFiles, op: str, key_id: str | None = None) -
     service's database; returns the key's public half (empty point for retire)."""
     from pcns.database import create_pool
     from pcns.keys import hook_admin
+    from pcns.queue.key_store import KeyStore
 
-    async with create_pool(files.db_url, size=2, wait=5) as pool:
+    async with create_pool(files.db_url, size=2, wait=5) as db:
+        store = KeyStore(db)
         if op == "retire":
             assert key_id is not None
-            await hook_admin.retire(pool, actor="test", key_id=key_id)
+            await hook_admin.retire(store, actor="test", key_id=key_id)
             return HookPublicKey(key_id, b"")
         kek = FileKek(files.keyring)
-        kid = await hook_admin.create(pool, kek, actor="test", rotate=op == "rotate")
-        return await hook_admin.public_key(pool, kid)
+        kid = await hook_admin.create(store, kek, actor="test", rotate=op == "rotate")
+        return await hook_admin.public_key(store, kid)
 
 
 def sealed_body(

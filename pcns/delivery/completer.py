@@ -1,17 +1,19 @@
-"""Outcomes are written in groups: one UPDATE records many attempts' results."""
+"""Outcomes are written in groups: one UPDATE records many attempts' results. This is the one
+place an outcome is counted in the metrics, once its row is written: an outcome dropped because
+its lease was lost is not counted."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import assert_never
 
-import asyncpg
 import structlog
 
-from pcns.database import UNAVAILABLE_ERRORS
+from pcns.errors import DatabaseError, DatabaseUnavailable
 from pcns.metrics import Metrics
+from pcns.queue.deliveries import DeliveryQueue
 from pcns.queue.records import DeliveryId, Outcome
-from pcns.queue.store import complete_deliveries
 
 log = structlog.get_logger(__name__)
 
@@ -22,9 +24,9 @@ class Completer:
     """Collects outcomes and records them; keeps retrying while the database is away."""
 
     def __init__(
-        self, pool: asyncpg.Pool, metrics: Metrics, on_recorded: Callable[[], None]
+        self, queue: DeliveryQueue, metrics: Metrics, on_recorded: Callable[[], None]
     ) -> None:
-        self._pool = pool
+        self._queue = queue
         self._metrics = metrics
         self._on_recorded = on_recorded
         self._pending: list[Outcome] = []
@@ -56,17 +58,16 @@ class Completer:
         unrecorded: set[DeliveryId] = set()
         for outcome in group:
             try:
-                async with self._pool.acquire(timeout=10) as conn:
-                    ages.update(await complete_deliveries(conn, [outcome]))
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+                ages.update(await self._queue.complete([outcome]))
+            except DatabaseError as exc:
                 # Its lease runs out and the reaper returns the delivery to the queue, so the
                 # change is attempted again rather than lost.
                 log.error(
                     "outcome_not_recorded",
                     delivery_id=str(outcome.delivery.id),
                     target=outcome.delivery.target,
-                    error=type(exc).__name__,
-                    sqlstate=getattr(exc, "sqlstate", None),
+                    error=exc.cause,
+                    sqlstate=exc.sqlstate,
                 )
                 unrecorded.add(outcome.delivery.id)
         return ages, unrecorded
@@ -83,24 +84,24 @@ class Completer:
             group, self._pending = self._pending[:_MAX_GROUP], self._pending[_MAX_GROUP:]
             unrecorded: set[DeliveryId] = set()
             try:
-                async with self._pool.acquire(timeout=10) as conn:
-                    ages = await complete_deliveries(conn, group)
+                ages = await self._queue.complete(group)
                 failures = 0
-            except UNAVAILABLE_ERRORS as exc:
+            except DatabaseUnavailable as exc:
                 # Nothing is lost: the outcomes wait here; if the leases run out first, the
                 # deliveries are attempted again (at-least-once).
                 self._pending[:0] = group
                 failures += 1
-                log.warning("outcomes_not_recorded", error=type(exc).__name__, count=len(group))
+                log.warning("outcomes_not_recorded", error=exc.cause, count=len(group))
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                 continue
-            except asyncpg.PostgresError as exc:
+            except DatabaseError as exc:
                 # Refused, not unreachable: record the group one by one, so one outcome the
                 # database will not take does not hold back the others.
-                log.warning("outcomes_group_refused", error=type(exc).__name__, count=len(group))
+                log.warning("outcomes_group_refused", error=exc.cause, count=len(group))
                 ages, unrecorded = await self._record_one_by_one(group)
             # A finished delivery may unblock the next change for the same account: claim now.
             self._on_recorded()
+            recorded = []
             for outcome in group:
                 d = outcome.delivery
                 if d.id in unrecorded:
@@ -108,7 +109,42 @@ class Completer:
                 age = ages.get(d.id)
                 if age is None:
                     log.warning("delivery_lease_lost", delivery_id=str(d.id), target=d.target)
-                elif outcome.state == "delivered":
-                    m = self._metrics
-                    m.child(m.delivered, d.target).inc()
-                    m.child(m.latency, d.target).observe(age)
+                    continue
+                self._count(outcome, age)
+                recorded.append(outcome)
+            await self._hold_targets(recorded)
+
+    def _count(self, outcome: Outcome, age: float) -> None:
+        m, target = self._metrics, outcome.delivery.target
+        match outcome.reason:
+            case "delivered":
+                m.child(m.delivered, target).inc()
+                m.child(m.latency, target).observe(age)
+            case "retried":
+                m.child(m.retried, target).inc()
+            case "no_slot":
+                m.child(m.deferred, target).inc()
+            case "probe_failed":
+                pass  # a deferral the breaker's probe caused: neither an attempt nor a slot miss
+            case "permanent" | "max_attempts":
+                m.failed.labels(target, outcome.reason).inc()
+            case "integrity":
+                m.failed.labels(target, "integrity").inc()
+                m.integrity_failures.labels(target).inc()
+            case "expired":
+                m.ended.labels(target, "expired").inc()
+            case other:
+                assert_never(other)
+
+    async def _hold_targets(self, recorded: Sequence[Outcome]) -> None:
+        """A breaker that opened holds its target's pending deliveries past the cool-down."""
+        holds: dict[str, float] = {}
+        for o in recorded:
+            if o.hold_target is not None:
+                holds[o.delivery.target] = max(holds.get(o.delivery.target, 0.0), o.hold_target)
+        for target, seconds in holds.items():
+            try:
+                held = await self._queue.hold_target(target, seconds)
+                log.info("target_deliveries_held", target=target, count=held, seconds=seconds)
+            except DatabaseError as exc:
+                log.warning("target_hold_failed", target=target, error=exc.cause)

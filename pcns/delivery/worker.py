@@ -1,34 +1,29 @@
 """The delivery loop: claim due deliveries in bounded batches, attempt each, record outcomes.
 
 Scheduled retries live in the queue (a due time on the row), never in sleeping coroutines. A
-worker that dies loses its lease; the reaper in any live worker hands the row to another.
+worker that dies loses its lease; the reaper in any live worker hands the row to another. What
+an attempt's result means (retry, give up, expire, defer) is decided in
+:mod:`pcns.delivery.outcomes`; the completer records it and counts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 
-import asyncpg
 import structlog
 
 from pcns.config import DeliverySettings
-from pcns.database import UNAVAILABLE_ERRORS, connect
 from pcns.delivery.completer import Completer
+from pcns.delivery.outcomes import NO_BREAKER, BreakerView, DeliveryPolicy, Failure, decide
 from pcns.delivery.protection import NoSlot, TargetGuard
-from pcns.delivery.retry import GiveUp, RetryPolicy
+from pcns.delivery.retry import RetryPolicy
+from pcns.errors import DatabaseError
 from pcns.keys.manager import KeyManager
 from pcns.metrics import Metrics
-from pcns.queue.records import ClaimedDelivery, DeliveryId, Outcome
-from pcns.queue.store import (
-    WAKEUP_CHANNEL,
-    claim_due_deliveries,
-    defer_target,
-    reap_expired_leases,
-    release_deliveries,
-)
+from pcns.queue.deliveries import DeliveryQueue
+from pcns.queue.records import ClaimedDelivery, DeliveryId
 from targets.base import Password, PermanentError, Target, TransientError
 from vault import IntegrityError, KekError, open_sealed
 
@@ -36,43 +31,57 @@ log = structlog.get_logger(__name__)
 
 
 class DeliveryWorker:
+    """``async with DeliveryWorker(...)``: delivers until the block ends, then finishes or
+    releases what is in flight (``delivery.shutdown_grace``)."""
+
     def __init__(
         self,
         *,
-        pool: asyncpg.Pool,
-        url: str,
+        queue: DeliveryQueue,
         keys: KeyManager,
         targets: Mapping[str, Target],
         guards: Mapping[str, TargetGuard],
         settings: DeliverySettings,
         metrics: Metrics,
     ) -> None:
-        self._pool = pool
-        self._url = url
+        self._queue = queue
         self._keys = keys
         self._targets = targets
         self._guards = guards
         # Bound once: the per-attempt line is on the hot path.
         self._log = log.bind()
-        self._tasks: set[asyncio.Task[None]] = set()
         # How long an attempt may wait for a slot or rate token and still finish inside its lease.
         self._slot_wait = max(1.0, settings.lease - settings.attempt_timeout - 5.0)
         self._settings = settings
         self._metrics = metrics
-        self._policy = RetryPolicy(
-            settings.max_attempts, settings.backoff_initial, settings.backoff_max
+        self._policy = DeliveryPolicy(
+            RetryPolicy(settings.max_attempts, settings.backoff_initial, settings.backoff_max),
+            max_age=settings.max_age,
         )
         self._inflight: dict[DeliveryId, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
         self._reserved = 0  # slots promised to claims still on their way back
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._completer = Completer(pool, metrics, self._wake.set)
+        self._stop = asyncio.Event()
+        self._completer = Completer(queue, metrics, self._wake.set)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> DeliveryWorker:
+        self._task = asyncio.create_task(self.run(self._stop), name="pcns-worker")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish or release in-flight work."""
         async with self._completer:
             helpers = [
-                asyncio.create_task(self._listen(stop), name="pcns-listen"),
+                asyncio.create_task(
+                    self._queue.listen_for_work(self._wake.set, stop), name="pcns-listen"
+                ),
                 asyncio.create_task(self._reap(stop), name="pcns-reap"),
             ]
             try:
@@ -99,23 +108,16 @@ class DeliveryWorker:
             self._wake.clear()
             self._reserved += limit
             try:
-                async with self._pool.acquire(timeout=10) as conn:
-                    claimed, ended = await claim_due_deliveries(
-                        conn,
-                        limit=limit,
-                        lease_seconds=s.lease,
-                        max_age_seconds=s.max_age,
-                    )
+                claimed, ended = await self._queue.claim(
+                    limit=limit, lease_seconds=s.lease, max_age_seconds=s.max_age
+                )
                 failures = 0
-            except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            except DatabaseError as exc:
                 # Unreachable, or refused (a deadlock with an operator's statement, say): the
                 # claim rolled back whole, so nothing was taken; try again after a pause.
                 failures += 1
                 log.warning(
-                    "claim_failed",
-                    error=type(exc).__name__,
-                    sqlstate=getattr(exc, "sqlstate", None),
-                    consecutive=failures,
+                    "claim_failed", error=exc.cause, sqlstate=exc.sqlstate, consecutive=failures
                 )
                 await _wait_any(stop, timeout=min(s.poll_interval * 2**failures, 30.0))
                 continue
@@ -132,17 +134,20 @@ class DeliveryWorker:
                 await _wait_any(stop, self._wake, timeout=s.poll_interval)
 
     async def _attempt(self, delivery: ClaimedDelivery) -> None:
+        # Every line of this attempt (adapters' included) carries its ids: each attempt is its
+        # own task, so the binding ends with it.
+        structlog.contextvars.bind_contextvars(
+            delivery_id=str(delivery.id), change_id=str(delivery.change_id), target=delivery.target
+        )
         started = time.perf_counter()
         try:
-            outcome = await self._try_deliver(delivery)
+            failure, breaker = await self._try_deliver(delivery)
+            outcome = decide(delivery, failure, breaker, self._policy)
         finally:
             self._inflight.pop(delivery.id, None)
             self._slot_freed.set()
         self._log.info(
             "delivery_attempt",
-            delivery_id=str(delivery.id),
-            change_id=str(delivery.change_id),
-            target=delivery.target,
             account=delivery.account,
             attempt=delivery.attempts,
             outcome=outcome.state,
@@ -152,128 +157,62 @@ class DeliveryWorker:
         )
         self._completer.add(outcome)
 
-    async def _try_deliver(self, d: ClaimedDelivery) -> Outcome:
+    async def _try_deliver(self, d: ClaimedDelivery) -> tuple[Failure | None, BreakerView]:
+        """Run one attempt; what went wrong (None: delivered) and what the breaker says."""
         adapter = self._targets.get(d.target)
         if adapter is None:
-            return self._transient(d, f"target {d.target!r} is not configured on this worker", None)
+            reason = f"target {d.target!r} is not configured on this worker"
+            return Failure("not_configured", reason), NO_BREAKER
+        guard = self._guards[d.target]  # every configured target has one
         try:
             await self._keys.ensure(d.sealed.key_id)
-        except (KekError, asyncpg.PostgresError, *UNAVAILABLE_ERRORS) as exc:
-            return self._transient(d, f"data key unavailable: {type(exc).__name__}", None)
+        except (KekError, DatabaseError) as exc:
+            cause = exc.cause if isinstance(exc, DatabaseError) else type(exc).__name__
+            return self._failed(guard, Failure("key_unavailable", f"data key unavailable: {cause}"))
         try:
             plaintext = open_sealed(self._keys.keyring, d.sealed, d.associated_data)
         except IntegrityError as exc:
-            log.error(
-                "delivery_integrity_failure",
-                delivery_id=str(d.id),
-                target=d.target,
-                key_id=d.sealed.key_id,
-                error=str(exc),
-            )
-            self._metrics.failed.labels(d.target, "integrity").inc()
-            self._metrics.integrity_failures.labels(d.target).inc()
-            return Outcome(d, "failed", f"integrity: {exc}")
-        guard = self._guards.get(d.target)
+            log.error("delivery_integrity_failure", key_id=d.sealed.key_id, error=str(exc))
+            return Failure("integrity", str(exc)), NO_BREAKER
         probe = False
         try:
-            async with guard.admit(wait=self._slot_wait) if guard else _UNGUARDED as probe:
+            async with guard.admit(wait=self._slot_wait) as probe:
                 async with asyncio.timeout(self._settings.attempt_timeout):
                     await adapter.set_password(d.account, Password(plaintext))
         except NoSlot as exc:
-            self._metrics.deferred.labels(d.target).inc()
-            return Outcome(d, "deferred", str(exc), self._defer_delay(guard))
+            view = BreakerView(is_open=guard.state == "open", cooldown=guard.cooldown)
+            return Failure("no_slot", str(exc)), view
         except PermanentError as exc:
-            self._metrics.failed.labels(d.target, "permanent").inc()
-            return Outcome(d, "failed", exc.reason)
+            return Failure("permanent", exc.reason), NO_BREAKER
         except TransientError as exc:
-            return self._transient(d, exc.reason, exc.retry_after, probe=probe)
+            failure = Failure("transient", exc.reason, exc.retry_after)
+            return self._failed(guard, failure, probe=probe)
         except TimeoutError:
-            return self._transient(d, "attempt timed out", None, probe=probe)
+            return self._failed(guard, Failure("timeout", "attempt timed out"), probe=probe)
         except Exception as exc:  # an adapter bug must not kill the worker or lose the change
-            log.error("adapter_error", target=d.target, error=type(exc).__name__)
-            return self._transient(d, f"adapter raised {type(exc).__name__}", None, probe=probe)
-        finally:
-            del plaintext
-        if guard is not None:
-            guard.record_success()
-            self._metrics.child(self._metrics.breaker_open, d.target).set(0)
-        return Outcome(d, "delivered")
+            log.error("adapter_error", error=type(exc).__name__)
+            reason = f"adapter raised {type(exc).__name__}"
+            return self._failed(guard, Failure("adapter_bug", reason), probe=probe)
+        guard.record_success()
+        self._metrics.child(self._metrics.breaker_open, d.target).set(0)
+        return None, NO_BREAKER
 
-    @staticmethod
-    def _defer_delay(guard: TargetGuard | None) -> float:
-        if guard is not None and guard.state == "open":
-            return guard.cooldown
-        return 1.0
-
-    def _transient(
-        self, d: ClaimedDelivery, reason: str, retry_after: float | None, *, probe: bool = False
-    ) -> Outcome:
-        guard = self._guards.get(d.target)
-        if guard is not None and guard.record_transient():
-            # Stop hammering it: hold every pending delivery of this target past the cool-down.
-            self._metrics.breaker_open.labels(d.target).set(1)
-            log.warning("target_breaker_open", target=d.target, cooldown=guard.cooldown)
-            self._background(self._defer_target(d.target, guard.cooldown))
-            retry_after = max(retry_after or 0.0, guard.cooldown)
-            if probe:
-                # A failed probe says the target is still down: it costs no attempt, so a
-                # target that is down for hours cannot exhaust max_attempts (max_age still ends
-                # the wait).
-                if d.age_seconds + guard.cooldown > self._settings.max_age:
-                    self._metrics.ended.labels(d.target, "expired").inc()
-                    return Outcome(d, "expired", f"{reason} (target still down at max_age)")
-                return Outcome(d, "deferred", f"{reason} (circuit breaker open)", guard.cooldown)
-        decision = self._policy.decide(d.attempts, retry_after=retry_after)
-        if isinstance(decision, GiveUp):
-            self._metrics.failed.labels(d.target, "max_attempts").inc()
-            return Outcome(d, "failed", f"{reason} ({decision.reason})")
-        if d.age_seconds + decision.delay > self._settings.max_age:
-            self._metrics.ended.labels(d.target, "expired").inc()
-            return Outcome(d, "expired", f"{reason} (next attempt would pass delivery.max_age)")
-        self._metrics.retried.labels(d.target).inc()
-        return Outcome(d, "pending", reason, decision.delay)
-
-    def _background(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _defer_target(self, target: str, seconds: float) -> None:
-        try:
-            async with self._pool.acquire(timeout=10) as conn:
-                held = await defer_target(conn, target, seconds)
-            log.info("target_deliveries_held", target=target, count=held, seconds=seconds)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
-            log.warning("target_hold_failed", target=target, error=type(exc).__name__)
-
-    async def _listen(self, stop: asyncio.Event) -> None:
-        """LISTEN for new work; polling covers the gaps while this connection is down."""
-        while not stop.is_set():
-            try:
-                conn = await connect(self._url, wait=5.0)
-            except UNAVAILABLE_ERRORS:
-                await _wait_any(stop, timeout=5.0)
-                continue
-            try:
-                await conn.add_listener(WAKEUP_CHANNEL, lambda *_: self._wake.set())
-                lost = asyncio.Event()
-                conn.add_termination_listener(_setter(lost))
-                await _wait_any(stop, lost)
-            except UNAVAILABLE_ERRORS:
-                pass
-            finally:
-                with contextlib.suppress(*UNAVAILABLE_ERRORS):
-                    await asyncio.wait_for(conn.close(), timeout=5)
+    def _failed(
+        self, guard: TargetGuard, failure: Failure, *, probe: bool = False
+    ) -> tuple[Failure, BreakerView]:
+        """Count a transient failure against the target's breaker."""
+        if not guard.record_transient():
+            return failure, NO_BREAKER
+        self._metrics.breaker_open.labels(guard.name).set(1)
+        log.warning("target_breaker_open", cooldown=guard.cooldown)
+        return failure, BreakerView(opened=True, probe=probe, cooldown=guard.cooldown)
 
     async def _reap(self, stop: asyncio.Event) -> None:
         interval = max(1.0, min(self._settings.lease / 4, 15.0))
         while not await _wait_any(stop, timeout=interval):
             try:
-                async with self._pool.acquire(timeout=10) as conn:
-                    reaped = await reap_expired_leases(
-                        conn, max_attempts=self._settings.max_attempts
-                    )
-            except UNAVAILABLE_ERRORS:
+                reaped = await self._queue.reap(max_attempts=self._settings.max_attempts)
+            except DatabaseError:
                 continue
             for target, state in reaped:
                 log.warning("delivery_lease_expired", target=target, new_state=state)
@@ -284,7 +223,6 @@ class DeliveryWorker:
 
     async def _drain(self) -> None:
         """Shutdown: let in-flight attempts finish for a grace period, release the rest."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         if not self._inflight:
             return
         tasks = [task for _, task in self._inflight.values()]
@@ -295,15 +233,10 @@ class DeliveryWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         if unfinished:
             try:
-                async with self._pool.acquire(timeout=10) as conn:
-                    await release_deliveries(conn, unfinished)
+                await self._queue.release(unfinished)
                 log.info("deliveries_released", count=len(unfinished))
-            except UNAVAILABLE_ERRORS:
+            except DatabaseError:
                 log.warning("release_failed_leases_will_expire", count=len(unfinished))
-
-
-def _setter(event: asyncio.Event) -> Callable[[object], None]:
-    return lambda _: event.set()
 
 
 async def _wait_any(
@@ -319,16 +252,3 @@ async def _wait_any(
         for w in waiters:
             w.cancel()
     return stop.is_set()
-
-
-class _Unguarded:
-    """The admission of a target without a guard: always let through, never the probe."""
-
-    async def __aenter__(self) -> bool:
-        return False
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-
-_UNGUARDED = _Unguarded()

@@ -26,12 +26,12 @@ from typing import Any
 
 import structlog
 
+from pcns.client import NotifyFailed, NotifyResult, Sender
 from pcns.errors import PcnsError
 from pcns.hooks.config import HookSettings, load_hook_settings
 from pcns.hooks.pam import PamInputError, pam_change
 from pcns.hooks.samba import AccountRecord, LdifRecordError, parse_record
 from pcns.logging import configure_logging
-from pcns.client import NotifyFailed, NotifyResult, Sender
 from pcns.secret_files import read_webhook_secret
 
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3

@@ -11,16 +11,16 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import asyncpg
 import structlog
 
 from pcns.config import VaultSettings
+from pcns.errors import PcnsError
 from pcns.keys import hook_admin
-from pcns.keys.manager import new_key_id
-from pcns.queue import keys as sql
+from pcns.keys.policy import due_for_rotation, new_data_key_id
+from pcns.queue.key_store import KeyStore
+from pcns.queue.records import binding
 from vault import (
     KEY_BYTES,
-    AssociatedData,
     FileKek,
     IntegrityError,
     KekProvider,
@@ -34,7 +34,7 @@ from vault import (
 log = structlog.get_logger(__name__)
 
 
-class KeyAdminError(Exception):
+class KeyAdminError(PcnsError):
     """A key operation was refused; the message says why."""
 
 
@@ -47,10 +47,10 @@ class KeyInfo:
     queued_ciphertexts: int
 
 
-async def list_keys(pool: asyncpg.Pool) -> list[KeyInfo]:
-    async with pool.acquire() as conn:
-        rows = await sql.data_keys(conn)
-        counts = await sql.ciphertexts_per_key(conn)
+async def list_keys(store: KeyStore) -> list[KeyInfo]:
+    async with store.session() as s:
+        rows = await s.data_keys()
+        counts = await s.ciphertexts_per_key()
     return [
         KeyInfo(
             r.id,
@@ -63,20 +63,8 @@ async def list_keys(pool: asyncpg.Pool) -> list[KeyInfo]:
     ]
 
 
-def due_for_rotation(rows: list[sql.DataKeyRow], settings: VaultSettings) -> str | None:
-    """Why the primary must be replaced now (age or encryption count), or None."""
-    primary = next((r for r in rows if r.state == "primary"), None)
-    if primary is None:
-        return None
-    if primary.age_seconds >= settings.rotate_after:
-        return f"primary older than vault.rotate_after ({settings.rotate_after:.0f}s)"
-    if primary.encryptions >= settings.max_encryptions:
-        return f"primary reached vault.max_encryptions ({settings.max_encryptions})"
-    return None
-
-
 async def rotate(
-    pool: asyncpg.Pool,
+    store: KeyStore,
     kek: KekProvider,
     *,
     actor: str,
@@ -89,49 +77,46 @@ async def rotate(
     The new key is first ``active`` (loaded everywhere, used by nobody) for ``propagation``
     seconds, so no process can meet a ciphertext under a key it has not loaded yet.
     """
-    key_id = new_key_id()
+    key_id = new_data_key_id()
     wrapped = await kek.wrap(key_id, secrets.token_bytes(KEY_BYTES))
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.KEY_ADMIN_LOCK)
+    async with store.transaction() as s:
         # Automatic rotation: another process may have rotated while we waited for the lock.
         if (
             settings is not None
             and reason != "manual"
-            and due_for_rotation(await sql.data_keys(conn), settings) is None
+            and due_for_rotation(await s.data_keys(), settings) is None
         ):
             return ""
-        await sql.insert_data_key(conn, key_id, "active", wrapped)
-        await sql.audit(conn, actor, "create", key_id, {"state": "active", "kek": kek.name})
-        await sql.notify_keys_changed(conn)
+        await s.insert_data_key(key_id, "active", wrapped)
+        await s.audit(actor, "create", key_id, {"state": "active", "kek": kek.name})
+        await s.notify_keys_changed()
     await asyncio.sleep(propagation)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.KEY_ADMIN_LOCK)
-        previous = await sql.promote(conn, key_id)
-        await sql.audit(conn, actor, "rotate", key_id, {"previous": previous, "reason": reason})
-        await sql.notify_keys_changed(conn)
+    async with store.transaction() as s:
+        previous = await s.promote(key_id)
+        await s.audit(actor, "rotate", key_id, {"previous": previous, "reason": reason})
+        await s.notify_keys_changed()
     log.info("data_key_rotated", key_id=key_id, previous=previous, actor=actor, reason=reason)
     return key_id
 
 
-async def ensure_primary(conn: asyncpg.Connection, kek: KekProvider, *, actor: str) -> bool:
+async def ensure_primary(store: KeyStore, kek: KekProvider, *, actor: str) -> bool:
     """Create the first data key when the database has no primary; True if one was created."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.KEY_ADMIN_LOCK)
-        if any(r.state == "primary" for r in await sql.data_keys(conn)):
+    async with store.transaction() as s:
+        if any(r.state == "primary" for r in await s.data_keys()):
             return False
-        key_id = new_key_id()
+        key_id = new_data_key_id()
         wrapped = await kek.wrap(key_id, secrets.token_bytes(KEY_BYTES))
-        await sql.insert_data_key(conn, key_id, "primary", wrapped)
-        await sql.audit(conn, actor, "create", key_id, {"state": "primary", "kek": kek.name})
-        await sql.notify_keys_changed(conn)
+        await s.insert_data_key(key_id, "primary", wrapped)
+        await s.audit(actor, "create", key_id, {"state": "primary", "kek": kek.name})
+        await s.notify_keys_changed()
     log.info("data_key_created", key_id=key_id, kek=kek.name)
     return True
 
 
-async def load_keyring(pool: asyncpg.Pool, kek: KekProvider) -> Keyring:
+async def load_keyring(store: KeyStore, kek: KekProvider) -> Keyring:
     """Every live data key, unwrapped, for a standalone command."""
-    async with pool.acquire() as conn:
-        rows = await sql.data_keys(conn)
+    async with store.session() as s:
+        rows = await s.data_keys()
     keys = {r.id: await kek.unwrap(r.id, r.wrapped) for r in rows if r.wrapped is not None}
     keyring = Keyring()
     keyring.install(keys, next((r.id for r in rows if r.state == "primary"), None))
@@ -146,7 +131,7 @@ class RewrapReport:
 
 
 async def rewrap(
-    pool: asyncpg.Pool,
+    store: KeyStore,
     kek: KekProvider,
     *,
     actor: str,
@@ -162,20 +147,20 @@ async def rewrap(
     batch commits on its own, and a new run starts from what is left. Rows being claimed at that
     moment are skipped (SKIP LOCKED) and taken by a later pass.
     """
-    keyring = await load_keyring(pool, kek)
+    keyring = await load_keyring(store, kek)
     primary = keyring.primary_id
     if primary is None:
         raise KeyAdminError("there is no primary data key")
     old = sorted(keyring.key_ids - {primary})
-    async with pool.acquire() as conn:
-        total = await sql.count_sealed_by(conn, old)
-        await sql.audit(conn, actor, "rewrap-start", primary, {"queued": total, "from": old})
+    async with store.session() as s:
+        total = await s.count_sealed_by(old)
+        await s.audit(actor, "rewrap-start", primary, {"queued": total, "from": old})
     tally = _Tally()
 
     async def lane() -> None:
         idle_passes = 0
         while old and idle_passes < 50:
-            rows = await _rewrap_batch(pool, keyring, old, batch, tally)
+            rows = await _rewrap_batch(store, keyring, old, batch, tally)
             if progress is not None:
                 progress(tally.done, total)
             if rows:
@@ -183,19 +168,18 @@ async def rewrap(
                 if pause:
                     await asyncio.sleep(pause)
                 continue
-            async with pool.acquire() as conn:
-                remaining = await sql.count_sealed_by(conn, old) - len(tally.broken)
+            async with store.session() as s:
+                remaining = await s.count_sealed_by(old) - len(tally.broken)
             if remaining <= 0:
                 return
             idle_passes += 1  # rows locked by a claim or another lane right now
             await asyncio.sleep(0.1)
 
     await asyncio.gather(*(lane() for _ in range(max(1, parallel))))
-    async with pool.acquire() as conn:
-        await sql.add_encryptions(conn, keyring.take_counts())
-        remaining = await sql.count_sealed_by(conn, old)
-        await sql.audit(
-            conn,
+    async with store.session() as s:
+        await s.add_encryptions(keyring.take_counts())
+        remaining = await s.count_sealed_by(old)
+        await s.audit(
             actor,
             "rewrap",
             primary,
@@ -212,15 +196,15 @@ class _Tally:
 
 
 async def _rewrap_batch(
-    pool: asyncpg.Pool, keyring: Keyring, old: list[str], batch: int, tally: _Tally
+    store: KeyStore, keyring: Keyring, old: list[str], batch: int, tally: _Tally
 ) -> int:
     """Lock, re-seal and write back one batch; returns how many rows it locked."""
-    async with pool.acquire() as conn, conn.transaction():
-        locked = await sql.lock_sealed_by(conn, old, batch + len(tally.broken))
+    async with store.transaction(admin_lock=False) as s:
+        locked = await s.lock_sealed_by(old, batch + len(tally.broken))
         rows = [r for r in locked if r.id not in tally.broken][:batch]
         resealed = []
         for r in rows:
-            ad = AssociatedData(str(r.id), str(r.change_id), r.target, r.account)
+            ad = binding(r.id, r.change_id, r.target, r.account)
             try:
                 new = reseal(keyring, Sealed(r.key_id, r.nonce, r.ciphertext), ad)
             except IntegrityError:
@@ -228,16 +212,15 @@ async def _rewrap_batch(
                 tally.failures += 1
                 continue
             resealed.append((r.id, new.key_id, new.nonce, new.ciphertext))
-        await sql.write_resealed(conn, resealed)
+        await s.write_resealed(resealed)
     tally.done += len(resealed)
     return len(rows)
 
 
-async def retire(pool: asyncpg.Pool, *, actor: str, key_id: str) -> None:
+async def retire(store: KeyStore, *, actor: str, key_id: str) -> None:
     """Destroy a data key; refused while it is primary or any queued ciphertext uses it."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.KEY_ADMIN_LOCK)
-        rows = {r.id: r for r in await sql.data_keys(conn)}
+    async with store.transaction() as s:
+        rows = {r.id: r for r in await s.data_keys()}
         row = rows.get(key_id)
         if row is None:
             raise KeyAdminError(f"no data key {key_id!r}")
@@ -246,20 +229,20 @@ async def retire(pool: asyncpg.Pool, *, actor: str, key_id: str) -> None:
         if row.state == "primary":
             raise KeyAdminError(f"data key {key_id!r} is primary; rotate first")
         # Lock out concurrent writers of ciphertexts under this key while we count.
-        await conn.execute("LOCK TABLE pcns_deliveries IN SHARE ROW EXCLUSIVE MODE")
-        in_use = await sql.count_sealed_by(conn, [key_id])
+        await s.lock_out_ciphertext_writers()
+        in_use = await s.count_sealed_by([key_id])
         if in_use:
             raise KeyAdminError(
                 f"data key {key_id!r} still protects {in_use} queued ciphertexts; "
                 "run `pcns keys rewrap` first"
             )
-        await sql.destroy(conn, key_id)
-        await sql.audit(conn, actor, "retire", key_id, {"previous_state": row.state})
-        await sql.notify_keys_changed(conn)
+        await s.destroy(key_id)
+        await s.audit(actor, "retire", key_id, {"previous_state": row.state})
+        await s.notify_keys_changed()
     log.info("data_key_retired", key_id=key_id, actor=actor)
 
 
-async def rotate_kek(pool: asyncpg.Pool, kek: KekProvider, *, actor: str) -> int:
+async def rotate_kek(store: KeyStore, kek: KekProvider, *, actor: str) -> int:
     """Rewrap every data key and hook key under the current KEK: a new KEK in the keyring file
     (file provider), or the newest key version on the server (transit). Returns the data keys
     rewrapped."""
@@ -268,23 +251,21 @@ async def rotate_kek(pool: asyncpg.Pool, kek: KekProvider, *, actor: str) -> int
         new_kek = await asyncio.to_thread(add_kek, kek.path)
         kek = FileKek(kek.path)
     count = 0
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.KEY_ADMIN_LOCK)
-        for row in await sql.data_keys(conn):
+    async with store.transaction() as s:
+        for row in await s.data_keys():
             if row.wrapped is None or await kek.is_current(row.wrapped):
                 continue
-            await sql.set_wrapped(conn, row.id, await kek.rewrap(row.id, row.wrapped))
+            await s.set_wrapped(row.id, await kek.rewrap(row.id, row.wrapped))
             count += 1
         # Hook keys are wrapped by the same KEK: an old KEK pruned below must protect nothing.
-        hook_keys = await hook_admin.rewrap_all(conn, kek)
-        await sql.audit(
-            conn,
+        hook_keys = await hook_admin.rewrap_all(s, kek)
+        await s.audit(
             actor,
             "rotate-kek",
             None,
             {"kek": kek.name, "rewrapped": count, "hook_keys": hook_keys, "new_kek": new_kek},
         )
-        await sql.notify_keys_changed(conn)
+        await s.notify_keys_changed()
     if isinstance(kek, FileKek):
         await asyncio.to_thread(prune_keks, kek.path)
     log.info("kek_rotated", kek=kek.name, rewrapped=count, actor=actor)

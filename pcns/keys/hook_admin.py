@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 
-from pcns.ids import new_key_id
-from pcns.queue import hook_keys as sql
-from pcns.queue import keys as key_sql
+from pcns.errors import PcnsError
+from pcns.keys.policy import new_hook_key_id
+from pcns.queue.hook_keys import HookKeyRow
+from pcns.queue.key_store import KeyStatements, KeyStore
 from vault import HookPublicKey, KekProvider, new_hook_key_pair
 
 log = structlog.get_logger(__name__)
 
 
-class HookKeyError(Exception):
+class HookKeyError(PcnsError):
     """A hook-key operation was refused; the message says why."""
 
 
@@ -36,9 +36,9 @@ class HookKeyInfo:
         return self.public.key_id
 
 
-async def list_hook_keys(pool: asyncpg.Pool) -> list[HookKeyInfo]:
-    async with pool.acquire() as conn:
-        rows = await sql.hook_keys(conn)
+async def list_hook_keys(store: KeyStore) -> list[HookKeyInfo]:
+    async with store.session() as s:
+        rows = await s.hook_keys()
     return [
         HookKeyInfo(
             r.state, r.created_at.isoformat(timespec="seconds"), HookPublicKey(r.id, r.public_key)
@@ -47,9 +47,9 @@ async def list_hook_keys(pool: asyncpg.Pool) -> list[HookKeyInfo]:
     ]
 
 
-async def public_key(pool: asyncpg.Pool, key_id: str | None) -> HookPublicKey:
+async def public_key(store: KeyStore, key_id: str | None) -> HookPublicKey:
     """The public half of ``key_id``, or of the current key when None."""
-    for info in await list_hook_keys(pool):
+    for info in await list_hook_keys(store):
         if key_id is None and info.state == "current":
             return info.public
         if info.id == key_id:
@@ -61,61 +61,56 @@ async def public_key(pool: asyncpg.Pool, key_id: str | None) -> HookPublicKey:
     raise HookKeyError(f"no hook key {key_id!r}")
 
 
-async def create(pool: asyncpg.Pool, kek: KekProvider, *, actor: str, rotate: bool) -> str:
+async def create(store: KeyStore, kek: KekProvider, *, actor: str, rotate: bool) -> str:
     """Make a new current hook key. ``rotate`` False refuses when one exists already; True keeps
     the previous current key active (it still opens what hooks sealed to it) until retired."""
-    key_id = new_key_id("hpk")
+    key_id = new_hook_key_id()
     scalar, point = new_hook_key_pair()
-    try:
-        wrapped = await kek.wrap(key_id, scalar)
-    finally:
-        del scalar
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", key_sql.KEY_ADMIN_LOCK)
-        live = [r for r in await sql.hook_keys(conn) if r.state != "retired"]
+    wrapped = await kek.wrap(key_id, scalar)
+    async with store.transaction() as s:
+        live = [r for r in await s.hook_keys() if r.state != "retired"]
         if live and not rotate:
             raise HookKeyError(
                 f"a hook key exists already ({live[-1].id}); use `pcns keys hook rotate`"
             )
         if rotate and not live:
             raise HookKeyError("there is no hook key to rotate; run `pcns keys hook create`")
-        previous = await sql.insert_current(conn, key_id, wrapped, point)
+        previous = await s.insert_current_hook_key(key_id, wrapped, point)
         action = "hook-rotate" if rotate else "hook-create"
-        await key_sql.audit(conn, actor, action, key_id, {"previous": previous, "kek": kek.name})
-        await key_sql.notify_keys_changed(conn)
+        await s.audit(actor, action, key_id, {"previous": previous, "kek": kek.name})
+        await s.notify_keys_changed()
     log.info("hook_key_created", key_id=key_id, previous=previous, actor=actor)
     return key_id
 
 
-async def retire(pool: asyncpg.Pool, *, actor: str, key_id: str) -> None:
+async def retire(store: KeyStore, *, actor: str, key_id: str) -> None:
     """Destroy a hook key's private half; refused for the current key. A change still spooled
     on a DC under this key can no longer be opened: pcns answers it 400."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", key_sql.KEY_ADMIN_LOCK)
-        row = next((r for r in await sql.hook_keys(conn) if r.id == key_id), None)
+    async with store.transaction() as s:
+        row = next((r for r in await s.hook_keys() if r.id == key_id), None)
         if row is None:
             raise HookKeyError(f"no hook key {key_id!r}")
         if row.state == "retired":
             raise HookKeyError(f"hook key {key_id!r} is already retired")
         if row.state == "current":
             raise HookKeyError(f"hook key {key_id!r} is current; rotate first")
-        await sql.destroy(conn, key_id)
-        await key_sql.audit(conn, actor, "hook-retire", key_id, {"previous_state": row.state})
-        await key_sql.notify_keys_changed(conn)
+        await s.destroy_hook_key(key_id)
+        await s.audit(actor, "hook-retire", key_id, {"previous_state": row.state})
+        await s.notify_keys_changed()
     log.info("hook_key_retired", key_id=key_id, actor=actor)
 
 
-async def rewrap_all(conn: asyncpg.Connection, kek: KekProvider) -> int:
+async def rewrap_all(s: KeyStatements, kek: KekProvider) -> int:
     """Rewrap every live hook key under the current KEK (inside ``rotate-kek``'s transaction)."""
     count = 0
-    for row in await sql.hook_keys(conn):
+    for row in await s.hook_keys():
         if row.wrapped is None or await kek.is_current(row.wrapped):
             continue
-        await sql.set_wrapped(conn, row.id, await kek.rewrap(row.id, row.wrapped))
+        await s.set_hook_wrapped(row.id, await kek.rewrap(row.id, row.wrapped))
         count += 1
     return count
 
 
-async def unwrap_all(rows: list[sql.HookKeyRow], kek: KekProvider) -> dict[str, bytes]:
+async def unwrap_all(rows: list[HookKeyRow], kek: KekProvider) -> dict[str, bytes]:
     """The private scalars of the live hook keys."""
     return {r.id: await kek.unwrap(r.id, r.wrapped) for r in rows if r.wrapped is not None}

@@ -5,36 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
-import asyncpg
 import structlog
 
-from pcns import ids
 from pcns.config import VaultSettings
-from pcns.database import UNAVAILABLE_ERRORS, connect
+from pcns.errors import DatabaseError
+from pcns.keys.admin import ensure_primary, rotate
 from pcns.keys.hook_admin import unwrap_all
+from pcns.keys.policy import due_for_rotation
 from pcns.metrics import Metrics
-from pcns.queue import hook_keys as hook_sql
-from pcns.queue import keys as sql
+from pcns.queue.hook_keys import HookKeyRow
+from pcns.queue.key_store import KeyStore
+from pcns.queue.keys import DataKeyRow
 from vault import HookKeyring, KekError, KekProvider, Keyring, VaultError
 
 log = structlog.get_logger(__name__)
 
 
-def new_key_id() -> str:
-    return ids.new_key_id("dek")
-
-
 class KeyManager:
     """Holds the unwrapped data keys of this process in a :class:`vault.Keyring`, and the
-    private halves of the hook keys in a :class:`vault.HookKeyring`."""
+    private halves of the hook keys in a :class:`vault.HookKeyring`.
+
+    ``async with KeyManager(...) as keys``: loads the keys (creating the first data key when the
+    database has none), keeps them fresh until the block ends, then records the last counts.
+    """
 
     def __init__(
         self,
         *,
-        pool: asyncpg.Pool,
-        url: str,
+        store: KeyStore,
         kek: KekProvider,
         settings: VaultSettings,
         metrics: Metrics,
@@ -47,39 +46,45 @@ class KeyManager:
         # Hook keys' private halves are unwrapped only where sealed changes are opened.
         self._load_hook_keys = hook_keys
         self.kek = kek
-        self._pool = pool
-        self._url = url
+        self._store = store
         self._settings = settings
         self._metrics = metrics
         self._auto_rotate = auto_rotate
         self._unwrapped: dict[str, bytes] = {}
         self._changed = asyncio.Event()
+        self._stop = asyncio.Event()
         self._rotating: asyncio.Task[str] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"KeyManager(kek={self.kek.name!r}, keyring={self.keyring!r})"
 
+    async def __aenter__(self) -> KeyManager:
+        await self.load()
+        self._task = asyncio.create_task(self._run(), name="pcns-keys")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
     async def load(self) -> None:
         """First load; creates the first data key when the database has none."""
-        from pcns.keys.admin import ensure_primary
-
-        async with self._pool.acquire() as conn:
-            rows = await sql.data_keys(conn)
-            if not any(r.state == "primary" for r in rows):
-                await ensure_primary(conn, self.kek, actor="pcns (first start)")
-                rows = await sql.data_keys(conn)
-            hook_rows = await hook_sql.hook_keys(conn)
-        await self._install(rows)
-        await self._install_hook_keys(hook_rows)
+        async with self._store.session() as s:
+            rows = await s.data_keys()
+        if not any(r.state == "primary" for r in rows):
+            await ensure_primary(self._store, self.kek, actor="pcns (first start)")
+        await self.refresh()
 
     async def refresh(self) -> None:
-        async with self._pool.acquire(timeout=10) as conn:
-            rows = await sql.data_keys(conn)
-            hook_rows = await hook_sql.hook_keys(conn)
+        async with self._store.session() as s:
+            rows = await s.data_keys()
+            hook_rows = await s.hook_keys()
         await self._install(rows)
         await self._install_hook_keys(hook_rows)
 
-    async def _install_hook_keys(self, rows: list[hook_sql.HookKeyRow]) -> None:
+    async def _install_hook_keys(self, rows: list[HookKeyRow]) -> None:
         if not self._load_hook_keys:
             return
         live = [r for r in rows if r.wrapped is not None]  # a retired key is dropped here
@@ -95,7 +100,7 @@ class KeyManager:
         if not self.keyring.has(key_id):
             await self.refresh()
 
-    async def _install(self, rows: list[sql.DataKeyRow]) -> None:
+    async def _install(self, rows: list[DataKeyRow]) -> None:
         keys: dict[str, bytes] = {}
         for row in rows:
             if row.wrapped is None:
@@ -114,12 +119,14 @@ class KeyManager:
             self._metrics.dek_age.labels(row.id).set(row.age_seconds if row.wrapped else 0)
             self._metrics.dek_encryptions.labels(row.id).set(row.encryptions)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def _run(self) -> None:
         """Refresh on NOTIFY or every ``refresh_interval``; record encryption counts."""
-        listener = asyncio.create_task(self._listen(stop))
+        listener = asyncio.create_task(
+            self._store.listen_for_changes(self._changed.set, self._stop)
+        )
         try:
-            while not stop.is_set():
-                waiters = [asyncio.create_task(e.wait()) for e in (stop, self._changed)]
+            while not self._stop.is_set():
+                waiters = [asyncio.create_task(e.wait()) for e in (self._stop, self._changed)]
                 await asyncio.wait(
                     waiters,
                     timeout=self._settings.refresh_interval,
@@ -127,22 +134,25 @@ class KeyManager:
                 )
                 for waiter in waiters:
                     waiter.cancel()
-                if stop.is_set():
+                if self._stop.is_set():
                     break
                 self._changed.clear()
                 await self._tick()
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
-            with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            if self._rotating is not None:
+                self._rotating.cancel()
+                await asyncio.gather(self._rotating, return_exceptions=True)
+            with contextlib.suppress(DatabaseError):
                 await self._flush_counts()
 
     async def _tick(self) -> None:
         try:
             await self._flush_counts()
             await self.refresh()
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
-            log.warning("key_refresh_failed", error=type(exc).__name__)
+        except DatabaseError as exc:
+            log.warning("key_refresh_failed", error=exc.cause)
             return
         except VaultError as exc:
             # Keep the keys already held; new ones cannot be used until the KEK is back.
@@ -156,8 +166,8 @@ class KeyManager:
         if not counts:
             return
         try:
-            async with self._pool.acquire(timeout=10) as conn:
-                await sql.add_encryptions(conn, counts)
+            async with self._store.session() as s:
+                await s.add_encryptions(counts)
         except BaseException:
             self.keyring.restore_counts(counts)  # recorded with the next flush
             raise
@@ -168,43 +178,19 @@ class KeyManager:
         self._rotating = asyncio.create_task(self._auto_rotation())
 
     async def _auto_rotation(self) -> str:
-        from pcns.keys.admin import due_for_rotation, rotate
-
-        async with self._pool.acquire(timeout=10) as conn:
-            reason = due_for_rotation(await sql.data_keys(conn), self._settings)
-        if reason is None:
-            return ""
         try:
+            async with self._store.session() as s:
+                reason = due_for_rotation(await s.data_keys(), self._settings)
+            if reason is None:
+                return ""
             return await rotate(
-                self._pool,
+                self._store,
                 self.kek,
                 actor="pcns (automatic rotation)",
                 reason=reason,
                 propagation=self._settings.refresh_interval,
                 settings=self._settings,
             )
-        except (KekError, *UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        except (KekError, DatabaseError) as exc:
             log.error("automatic_rotation_failed", error=str(exc) or type(exc).__name__)
             return ""
-
-    async def _listen(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                conn = await connect(self._url, wait=5.0)
-            except UNAVAILABLE_ERRORS:
-                await asyncio.sleep(self._settings.refresh_interval)
-                continue
-            lost = asyncio.Event()
-            try:
-                await conn.add_listener(sql.KEYS_CHANNEL, lambda *_: self._changed.set())
-                conn.add_termination_listener(_setter(lost))
-                await lost.wait()
-            except UNAVAILABLE_ERRORS:
-                pass
-            finally:
-                with contextlib.suppress(*UNAVAILABLE_ERRORS):
-                    await asyncio.wait_for(conn.close(), timeout=5)
-
-
-def _setter(event: asyncio.Event) -> Callable[[object], None]:
-    return lambda _: event.set()

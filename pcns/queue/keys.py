@@ -186,9 +186,31 @@ async def write_resealed(
         await conn.execute(_WRITE_RESEALED, list(ids), list(kids), list(nonces), list(cts))
 
 
-async def audit_log(conn: asyncpg.Connection, limit: int = 50) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: datetime
+    actor: str
+    action: str
+    key_id: str | None
+    detail: dict[str, Any]
+
+
+async def audit_log(conn: asyncpg.Connection, limit: int = 50) -> list[AuditEntry]:
+    rows = await conn.fetch(
         "SELECT at, actor, action, key_id, detail FROM pcns_key_audit ORDER BY id DESC LIMIT $1",
         limit,
     )
-    return rows
+    return [
+        AuditEntry(r["at"], r["actor"], r["action"], r["key_id"], json.loads(r["detail"]))
+        for r in rows
+    ]
+
+
+async def lock_out_ciphertext_writers(conn: asyncpg.Connection) -> None:
+    """Hold off intake and rewrap until the transaction ends (retire counts ciphertexts)."""
+    await conn.execute("LOCK TABLE pcns_deliveries IN SHARE ROW EXCLUSIVE MODE")
+
+
+async def take_admin_lock(conn: asyncpg.Connection) -> None:
+    """Serialise key administration across processes (call inside a transaction)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", KEY_ADMIN_LOCK)

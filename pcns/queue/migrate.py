@@ -9,6 +9,8 @@ from importlib.resources import files
 import asyncpg
 import structlog
 
+from pcns.database import Database, translated
+
 log = structlog.get_logger(__name__)
 
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -60,3 +62,10 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied
+
+
+async def migrate_database(db: Database) -> list[str]:
+    """:func:`migrate` on a connection of ``db``'s pool; driver errors translated."""
+    with translated():
+        async with db.pool.acquire() as conn:
+            return await migrate(conn)

@@ -50,6 +50,23 @@ class NewChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Committed:
+    """What a submitted change became: ``new`` (queued now) or a resend of a stored one."""
+
+    change_id: ChangeId
+    response: str = field(repr=False)  # the 202 body, the same for every resend
+    new: bool = True
+
+
+def binding(delivery_id: UUID, change_id: UUID, target: str, account: str) -> AssociatedData:
+    """What a delivery's ciphertext is bound to: its own row. The one mapping from a row to its
+    associated data, used to seal (intake), open (worker) and reseal (rewrap)."""
+    return AssociatedData(
+        delivery_id=str(delivery_id), change_id=str(change_id), target=target, account=account
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedDelivery:
     """A delivery this worker holds a lease on, with the ciphertext it must open."""
 
@@ -64,26 +81,39 @@ class ClaimedDelivery:
 
     @property
     def associated_data(self) -> AssociatedData:
-        return AssociatedData(
-            delivery_id=str(self.id),
-            change_id=str(self.change_id),
-            target=self.target,
-            account=self.account,
-        )
+        return binding(self.id, self.change_id, self.target, self.account)
 
 
 # "deferred": back to pending without counting the attempt (no slot, breaker open, shutdown).
 OutcomeState = Literal["delivered", "failed", "expired", "pending", "deferred"]
+# Why, as the metrics count it once the outcome is recorded: "retried" (pending again),
+# "no_slot" and "probe_failed" (deferred), "permanent", "max_attempts", "integrity" (failed).
+OutcomeReason = Literal[
+    "delivered",
+    "retried",
+    "no_slot",
+    "probe_failed",
+    "permanent",
+    "max_attempts",
+    "integrity",
+    "expired",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How an attempt ended: terminal, or back to ``pending`` after ``delay`` seconds."""
+    """How an attempt ended: terminal, or back to ``pending`` after ``delay`` seconds.
+
+    ``hold_target``: the attempt opened the target's circuit breaker, so every pending delivery
+    of the target is held this many seconds once the outcome is recorded.
+    """
 
     delivery: ClaimedDelivery
     state: OutcomeState
     error: str | None = None
     delay: float = 0.0
+    reason: OutcomeReason = "delivered"
+    hold_target: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from pcns.queue.records import (
     ChangeId,
     ChangeStatus,
     ClaimedDelivery,
+    Committed,
     DeliveryId,
     DeliveryStatus,
     NewChange,
@@ -64,7 +65,7 @@ SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM c) AS inserted,
 """
 
 _STORED_RESPONSES = """
-SELECT s.source, s.webhook_id, c.response
+SELECT s.source, s.webhook_id, c.id, c.response
 FROM unnest($1::text[], $2::text[]) AS s(source, webhook_id)
 JOIN pcns_changes c ON c.source = s.source AND c.webhook_id = s.webhook_id
 """
@@ -81,8 +82,8 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange]) -> list[str]:
-    """Commit a group of changes in one statement; returns each one's 202 body, in order.
+async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange]) -> list[Committed]:
+    """Commit a group of changes in one statement; returns what each one became, in order.
 
     A (source, webhook-id) seen before queues nothing and gets the body stored the first time.
     """
@@ -100,14 +101,20 @@ async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange])
     assert row is not None
     inserted = set(row["inserted"])
     replay = [ch for ch in changes if ch.id not in inserted]
-    stored: dict[tuple[str, str], str] = {}
+    stored: dict[tuple[str, str], Committed] = {}
     if replay:
         rows = await conn.fetch(
             _STORED_RESPONSES, [c.source for c in replay], [c.webhook_id for c in replay]
         )
-        stored = {(r["source"], r["webhook_id"]): r["response"] for r in rows}
+        stored = {
+            (r["source"], r["webhook_id"]): Committed(ChangeId(r["id"]), r["response"], new=False)
+            for r in rows
+        }
     return [
-        ch.response if ch.id in inserted else stored[(ch.source, ch.webhook_id)] for ch in changes
+        Committed(ch.id, ch.response, new=True)
+        if ch.id in inserted
+        else stored[(ch.source, ch.webhook_id)]
+        for ch in changes
     ]
 
 

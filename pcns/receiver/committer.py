@@ -11,27 +11,26 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import structlog
 
-from pcns.database import UNAVAILABLE_ERRORS
-from pcns.errors import DatabaseUnavailable
-from pcns.queue.records import NewChange
-from pcns.queue.store import insert_changes
+from pcns.errors import DatabaseUnavailable, QueueRefused
+from pcns.queue.deliveries import DeliveryQueue
+from pcns.queue.records import Committed, NewChange
 
 log = structlog.get_logger(__name__)
 
-_Item = tuple[NewChange, "asyncio.Future[str]"]
+_Item = tuple[NewChange, "asyncio.Future[Committed]"]
 
 
 class GroupCommitter:
-    """``submit`` a change, get its 202 body once committed; :class:`DatabaseUnavailable` if not."""
+    """``submit`` a change, get what it became once committed (new, or a resend);
+    :class:`DatabaseUnavailable` if it could not be committed."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int, flushers: int) -> None:
-        self._pool = pool
+    def __init__(self, queue: DeliveryQueue, *, max_batch: int, flushers: int) -> None:
+        self._deliveries = queue
         self._max_batch = max_batch
         self._flushers = flushers
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._waiting: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> GroupCommitter:
@@ -43,21 +42,21 @@ class GroupCommitter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         # Requests still queued get their answer before the flushers stop.
-        await self._queue.join()
+        await self._waiting.join()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def submit(self, change: NewChange) -> str:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((change, future))
+    async def submit(self, change: NewChange) -> Committed:
+        future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        self._waiting.put_nowait((change, future))
         return await future
 
     async def _flush_forever(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = [await self._waiting.get()]
+            while len(batch) < self._max_batch and not self._waiting.empty():
+                batch.append(self._waiting.get_nowait())
             try:
                 reachable = await self._commit(batch)
             except Exception as exc:  # a flusher must outlive any one batch
@@ -67,27 +66,26 @@ class GroupCommitter:
             if not reachable:
                 # What queued up meanwhile would meet the same outage: answer it 503 now
                 # rather than one group per connect timeout.
-                while not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                while not self._waiting.empty():
+                    batch.append(self._waiting.get_nowait())
                 self._fail(batch, DatabaseUnavailable("database unavailable"))
             for _ in batch:
-                self._queue.task_done()
+                self._waiting.task_done()
 
     async def _commit(self, batch: list[_Item]) -> bool:
         """Commit and answer the group; False when the database could not be reached."""
         try:
-            async with self._pool.acquire(timeout=5) as conn:
-                responses = await insert_changes(conn, [c for c, _ in batch])
-        except UNAVAILABLE_ERRORS as exc:
-            log.warning("database_unavailable", error=type(exc).__name__, size=len(batch))
+            committed = await self._deliveries.insert_changes([c for c, _ in batch])
+        except DatabaseUnavailable as exc:
+            log.warning("database_unavailable", error=exc.cause, size=len(batch))
             return False
-        except asyncpg.PostgresError as exc:
+        except QueueRefused as exc:
             if len(batch) == 1:
-                log.error("change_commit_failed", error=type(exc).__name__, sqlstate=exc.sqlstate)
+                log.error("change_commit_failed", error=exc.cause, sqlstate=exc.sqlstate)
                 self._fail(batch, DatabaseUnavailable("change could not be committed"))
                 return True
             # One bad row must not fail its neighbours: commit them one by one.
-            log.warning("group_commit_split", size=len(batch), error=type(exc).__name__)
+            log.warning("group_commit_split", size=len(batch), error=exc.cause)
             reachable = True
             for item in batch:
                 if reachable:
@@ -95,9 +93,9 @@ class GroupCommitter:
             if not reachable:
                 self._fail(batch, DatabaseUnavailable("database unavailable"))
             return reachable
-        for (_, future), response in zip(batch, responses, strict=True):
+        for (_, future), result in zip(batch, committed, strict=True):
             if not future.done():
-                future.set_result(response)
+                future.set_result(result)
         return True
 
     @staticmethod

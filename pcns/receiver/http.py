@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pcns.database import UNAVAILABLE_ERRORS
-from pcns.errors import DatabaseUnavailable
+from pcns.errors import DatabaseError, DatabaseUnavailable
 from pcns.metrics import Metrics
+from pcns.queue.deliveries import DeliveryQueue
 from pcns.queue.records import ChangeStatus
-from pcns.queue.store import cancel_change, change_status
 from pcns.receiver.committer import GroupCommitter
 from pcns.receiver.intake import build_change, change_password
 from pcns.receiver.models import BodyRejected, parse_change
@@ -37,7 +34,7 @@ RETRY_AFTER_SECONDS = "5"
 class ReceiverContext:
     """Everything the handlers need, built by the composition root."""
 
-    pool: asyncpg.Pool
+    queue: DeliveryQueue
     keys: Keyring
     hook_keys: HookKeyring
     router: Router
@@ -160,9 +157,11 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
         router=ctx.router,
         keys=ctx.keys,
     )
+    # A str cannot be wiped; dropping the last references lets the plaintext be freed now,
+    # rather than live on through the wait for the commit.
     del change_in, password
     try:
-        response = await ctx.committer.submit(change)
+        committed = await ctx.committer.submit(change)
     except DatabaseUnavailable:
         ctx.metrics.rejected.labels("database_unavailable").inc()
         return problem(
@@ -173,16 +172,15 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
     m = ctx.metrics
-    if response == change.response:
+    if committed.new:
         m.child(m.accepted, source).inc()
         for d in change.deliveries:
             if d.failed_reason is not None:
                 m.failed.labels(d.target, "account_template").inc()
-        request[CHANGE_ID] = str(change.id)
     else:
         m.child(m.replayed, source).inc()
-        request[CHANGE_ID] = json.loads(response)["id"]
-    return web.Response(status=202, body=response.encode(), headers=_JSON)
+    request[CHANGE_ID] = str(committed.change_id)
+    return web.Response(status=202, body=committed.response.encode(), headers=_JSON)
 
 
 def _status_json(status: ChangeStatus) -> dict[str, object]:
@@ -245,12 +243,11 @@ async def _admin_change_call(request: web.Request, *, cancel: bool) -> web.Strea
     except ValueError:
         return problem(404, "not-found", "Not Found", "no change with that id")
     try:
-        async with ctx.pool.acquire(timeout=5) as conn:
-            if cancel:
-                for target in await cancel_change(conn, change_id):
-                    ctx.metrics.ended.labels(target, "cancelled").inc()
-            status = await change_status(conn, change_id)
-    except UNAVAILABLE_ERRORS:
+        if cancel:
+            for target in await ctx.queue.cancel(change_id):
+                ctx.metrics.ended.labels(target, "cancelled").inc()
+        status = await ctx.queue.status(change_id)
+    except DatabaseError:
         return problem(
             503,
             "database-unavailable",
@@ -271,11 +268,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     checks: dict[str, str] = {}
     try:
-        async with ctx.pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1", timeout=2)
+        await ctx.queue.ping(timeout=2)
         checks["database"] = "ok"
         ctx.metrics.database_up.set(1)
-    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+    except DatabaseError:
         checks["database"] = "unavailable"
         ctx.metrics.database_up.set(0)
     checks["keyring"] = "ok" if ctx.keys.primary_id is not None else "unavailable"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 
 from pcns.ids import uuid7
-from pcns.queue.records import ChangeId, DeliveryId, NewChange, NewDelivery
+from pcns.queue.records import ChangeId, DeliveryId, NewChange, NewDelivery, binding
 from pcns.receiver.models import BodyRejected, PasswordChangeIn, check_password
 from pcns.routing import Identity, MissingAccountField, Router
-from vault import AssociatedData, HookKeyring, IntegrityError, KeyProvider, KeyringError, seal
+from vault import HookKeyring, IntegrityError, KeyProvider, KeyringError, seal
 
 
 def change_password(
@@ -62,7 +62,7 @@ def build_change(
                 NewDelivery(delivery_id, route.target, "", sealed=None, failed_reason=str(exc))
             )
             continue
-        ad = AssociatedData(str(delivery_id), change_text, route.target, account)
+        ad = binding(delivery_id, change_id, route.target, account)
         deliveries.append(NewDelivery(delivery_id, route.target, account, seal(keys, password, ad)))
     response = orjson.dumps(
         {

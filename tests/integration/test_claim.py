@@ -13,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from pcns.database import Database
 from pcns.delivery.completer import Completer
 from pcns.metrics import Metrics
+from pcns.queue.deliveries import DeliveryQueue
 from pcns.queue.records import ClaimedDelivery, Outcome
 from pcns.queue.store import claim_due_deliveries, complete_deliveries
 
@@ -255,7 +257,7 @@ async def test_completer_records_the_rest_when_the_database_refuses_one_outcome(
     recorded = asyncio.Event()
     async with (
         asyncpg.create_pool(db_url, min_size=1, max_size=2) as pool,
-        Completer(pool, Metrics(), recorded.set) as completer,
+        Completer(DeliveryQueue(Database(db_url, pool)), Metrics(), recorded.set) as completer,
     ):
         completer.add(Outcome(by_account["good"], "delivered"))
         completer.add(Outcome(by_account["bad"], "pending", "busy", 1e300))

@@ -17,6 +17,7 @@ import pytest
 
 from pcns.app import build_kek, running_service
 from pcns.keys import admin
+from pcns.queue.key_store import KeyStore
 from tests.support import Client, ServiceFiles, eventually, fetch_all, wait_terminal
 from vault import KekError, create_keyring_file
 
@@ -24,9 +25,9 @@ SLOW = {"name": "wiki", "type": "noop", "delay": 0.05}
 
 
 @asynccontextmanager
-async def service(files: ServiceFiles) -> AsyncIterator[tuple[Client, asyncpg.Pool]]:
+async def service(files: ServiceFiles) -> AsyncIterator[tuple[Client, KeyStore]]:
     async with running_service(files.settings()) as svc, aiohttp.ClientSession() as session:
-        yield Client(files, session), svc.pool
+        yield Client(files, session), svc.key_store
 
 
 def make_files(tmp_path: Path, db_url: str, **vault: Any) -> ServiceFiles:
@@ -35,11 +36,11 @@ def make_files(tmp_path: Path, db_url: str, **vault: Any) -> ServiceFiles:
     return files
 
 
-async def rotate_now(files: ServiceFiles, pool: asyncpg.Pool, propagation: float) -> str:
+async def rotate_now(files: ServiceFiles, store: KeyStore, propagation: float) -> str:
     """Rotate as `pcns keys rotate` does, with this service's KEK."""
     kek = build_kek(files.settings())
     try:
-        return await admin.rotate(pool, kek, actor="t", propagation=propagation)
+        return await admin.rotate(store, kek, actor="t", propagation=propagation)
     finally:
         await kek.close()
 
@@ -78,12 +79,12 @@ async def test_rotate_rewrap_retire_online(tmp_path: Path, db_url: str) -> None:
     under the old key; retire: refused while in use, then the wrapped key is destroyed."""
     files = make_files(tmp_path, db_url)
     files.targets = [{"name": "wiki", "type": "noop", "delay": 3.0}]
-    async with service(files) as (client, pool):
+    async with service(files) as (client, store):
         kek = build_kek(files.settings())
         try:
             _, before = await client.send("alice", "Before-1")
             old = await key_of(db_url, before["id"])
-            new = await admin.rotate(pool, kek, actor="sec@test", propagation=0.5)
+            new = await admin.rotate(store, kek, actor="sec@test", propagation=0.5)
             assert new != old
 
             async def new_key_used() -> bool:
@@ -92,12 +93,12 @@ async def test_rotate_rewrap_retire_online(tmp_path: Path, db_url: str) -> None:
 
             await eventually(new_key_used, timeout=5)
             with pytest.raises(admin.KeyAdminError, match="rewrap"):
-                await admin.retire(pool, actor="sec@test", key_id=str(old))
-            report = await admin.rewrap(pool, kek, actor="sec@test")
+                await admin.retire(store, actor="sec@test", key_id=str(old))
+            report = await admin.rewrap(store, kek, actor="sec@test")
             assert report.remaining == 0
             assert report.rewrapped >= 1
             assert await key_of(db_url, before["id"]) == new
-            await admin.retire(pool, actor="sec@test", key_id=str(old))
+            await admin.retire(store, actor="sec@test", key_id=str(old))
             states = await wait_terminal(client, before["id"])
         finally:
             await kek.close()
@@ -143,11 +144,11 @@ async def test_rotate_kek_file(tmp_path: Path, db_url: str) -> None:
     """rotate-kek puts a new KEK in the file, rewraps every data key under it and drops the old
     one; the running service keeps delivering and a new process starts with the new file."""
     files = make_files(tmp_path, db_url)
-    async with service(files) as (client, pool):
+    async with service(files) as (client, store):
         old_kek = (await data_keys(db_url)).popitem()[1]["kek_ref"]
         kek = build_kek(files.settings())
         try:
-            assert await admin.rotate_kek(pool, kek, actor="sec@test") == 1
+            assert await admin.rotate_kek(store, kek, actor="sec@test") == 1
         finally:
             await kek.close()
         assert old_kek not in files.keyring.read_text()
@@ -186,7 +187,7 @@ async def test_tampered_ciphertext_fails_with_integrity(
         aiohttp.ClientSession() as session,
     ):
         client = Client(files, session)
-        await rotate_now(files, rx.pool, propagation=0.3)  # a second key to point at
+        await rotate_now(files, rx.key_store, propagation=0.3)  # a second key to point at
         _, body = await client.send("alice", "Tamper-Me-1")
         change = uuid.UUID(body["id"])
         row = (
@@ -240,7 +241,7 @@ async def test_database_dump_alone_recovers_nothing(tmp_path: Path, db_url: str)
         client = Client(files, session)
         for i in range(3):
             await client.send(f"user{i}", sentinel)
-        await rotate_now(files, rx.pool, propagation=0.2)
+        await rotate_now(files, rx.key_store, propagation=0.2)
         for i in range(3, 6):
             await client.send(f"user{i}", sentinel)
     pg_dump = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"

@@ -15,6 +15,7 @@ import pytest
 
 from pcns import app
 from pcns.config import Settings
+from pcns.queue import upkeep
 from pcns.queue.retention import prune_finished
 from pcns.queue.store import claim_due_deliveries
 from tests.support import ServiceFiles, eventually
@@ -140,7 +141,7 @@ async def test_service_prunes_on_its_own_when_retention_is_set(
 ) -> None:
     """With database.retention set, a worker deletes old finished history by itself and counts
     it in pcns_history_pruned_total; pending work is left alone."""
-    monkeypatch.setattr(app, "PRUNE_FIRST_DELAY", 0.1)
+    monkeypatch.setattr(upkeep, "PRUNE_FIRST_DELAY", 0.1)
     old = await change(pool, "alice", "superseded", days_ago=40)
     waiting = await change(pool, "bob", "pending", days_ago=40, target="nowhere")
     files = ServiceFiles(tmp_path / "svc", db_url)

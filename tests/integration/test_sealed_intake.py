@@ -20,6 +20,7 @@ from pcns.app import RunningService, running_service
 from pcns.database import create_pool
 from pcns.keys import hook_admin
 from pcns.logging import configure_logging
+from pcns.queue.key_store import KeyStore
 from tests.integration.conftest import needs_htpasswd
 from tests.support import (
     Client,
@@ -230,8 +231,8 @@ async def test_hook_key_operations_refuse_what_would_lose_access(files: ServiceF
         await hook_key_op(files, "create")
     with pytest.raises(hook_admin.HookKeyError, match="current"):
         await hook_key_op(files, "retire", first.key_id)
-    async with create_pool(files.db_url, size=2, wait=5) as pool:
-        await admin.rotate_kek(pool, FileKek(files.keyring), actor="test")
+    async with create_pool(files.db_url, size=2, wait=5) as db:
+        await admin.rotate_kek(KeyStore(db), FileKek(files.keyring), actor="test")
     async with running_service(files.settings()), aiohttp.ClientSession() as session:
         client = Client(files, session)
         wid = f"msg_{uuid.uuid4().hex}"

@@ -64,8 +64,8 @@ async def test_transit_wraps_data_keys_and_survives_kek_rotation(
     async with running_service(files.settings()) as svc:
         kek = build_kek(files.settings())
         try:
-            assert await admin.rotate_kek(svc.pool, kek, actor="sec@test") == 1
-            assert await admin.rotate_kek(svc.pool, kek, actor="sec@test") == 0
+            assert await admin.rotate_kek(svc.key_store, kek, actor="sec@test") == 1
+            assert await admin.rotate_kek(svc.key_store, kek, actor="sec@test") == 0
         finally:
             await kek.close()
     assert all(b.startswith(b"vault:v2:") for b in await wrapped_blobs(db_url))
@@ -101,6 +101,7 @@ async def test_unreachable_transit_is_a_clear_error(tmp_path: Path, db_url: str)
     """A transit server that does not answer stops the start with an error naming it."""
     token = tmp_path / "t"
     token.write_text("x")
+    token.chmod(0o600)
     files = ServiceFiles(tmp_path / "svc", db_url)
     files.vault = {
         "kek": "transit",

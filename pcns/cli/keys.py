@@ -7,18 +7,15 @@ import getpass
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
-
-from pcns.config import Settings, load_settings
-from pcns.database import create_pool, database_url
+from pcns.app import AdminResources, admin_resources
+from pcns.config import load_settings
 from pcns.keys import admin, hook_admin
-from pcns.queue import keys as sql
-from pcns.queue.migrate import migrate
-from vault import KekProvider, create_keyring_file
+from pcns.keys.admin import KeyAdminError
+from vault import create_keyring_file
+
+__all__ = ["KeyAdminError", "add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,23 +85,6 @@ def _actor(args: argparse.Namespace) -> str:
     return str(args.actor or f"{getpass.getuser()}@{socket.gethostname()}")
 
 
-@asynccontextmanager
-async def _admin(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, KekProvider]]:
-    from pcns.app import build_kek
-
-    kek = build_kek(settings)
-    try:
-        async with (
-            database_url(settings.database) as url,
-            create_pool(url, size=4, wait=settings.database.connect_wait) as pool,
-        ):
-            async with pool.acquire() as conn:
-                await migrate(conn)
-            yield pool, kek
-    finally:
-        await kek.close()
-
-
 class _Progress:
     """A bar on a terminal; otherwise one line per tenth of the work."""
 
@@ -137,11 +117,12 @@ async def run(args: argparse.Namespace) -> int:
         print(f"created key-encryption key {kek_id} in {settings.vault.keyring} (mode 0600)")
         return 0
     actor = _actor(args)
-    async with _admin(settings) as (pool, kek):
+    async with admin_resources(settings) as res:
+        store, kek = res.keys, res.kek
         if args.keys_command == "hook":
-            return await _hook(args, pool, kek, actor)
+            return await _hook(args, res, actor)
         if args.keys_command == "list":
-            rows = await admin.list_keys(pool)
+            rows = await admin.list_keys(store)
             print(f"{'key id':<34} {'state':<13} {'created':<26} {'encryptions':>12} {'queued':>8}")
             for k in rows:
                 print(
@@ -152,11 +133,11 @@ async def run(args: argparse.Namespace) -> int:
             wait = args.propagation
             if wait is None:
                 wait = settings.vault.refresh_interval + 1
-            key_id = await admin.rotate(pool, kek, actor=actor, propagation=wait)
+            key_id = await admin.rotate(store, kek, actor=actor, propagation=wait)
             print(f"data key {key_id} is now primary")
         elif args.keys_command == "rewrap":
             report = await admin.rewrap(
-                pool,
+                store,
                 kek,
                 actor=actor,
                 batch=args.batch,
@@ -172,40 +153,42 @@ async def run(args: argparse.Namespace) -> int:
             )
             return 0 if report.remaining == report.integrity_failures else 1
         elif args.keys_command == "retire":
-            await admin.retire(pool, actor=actor, key_id=args.key_id)
+            await admin.retire(store, actor=actor, key_id=args.key_id)
             print(f"data key {args.key_id} retired; its wrapped key is destroyed")
         elif args.keys_command == "rotate-kek":
-            count = await admin.rotate_kek(pool, kek, actor=actor)
+            count = await admin.rotate_kek(store, kek, actor=actor)
             print(f"rewrapped {count} data keys under the current {kek.name} KEK")
         elif args.keys_command == "audit":
-            async with pool.acquire() as conn:
-                for r in await sql.audit_log(conn, args.limit):
+            async with store.session() as s:
+                for r in await s.audit_log(args.limit):
                     print(
                         json.dumps(
                             {
-                                "at": r["at"].isoformat(),
-                                "actor": r["actor"],
-                                "action": r["action"],
-                                "key_id": r["key_id"],
-                                "detail": json.loads(r["detail"]),
+                                "at": r.at.isoformat(),
+                                "actor": r.actor,
+                                "action": r.action,
+                                "key_id": r.key_id,
+                                "detail": r.detail,
                             }
                         )
                     )
     return 0
 
 
-async def _hook(args: argparse.Namespace, pool: asyncpg.Pool, kek: KekProvider, actor: str) -> int:
-    command = args.hook_command
+async def _hook(args: argparse.Namespace, res: AdminResources, actor: str) -> int:
+    command, store = args.hook_command, res.keys
     try:
         if command in ("create", "rotate"):
-            key_id = await hook_admin.create(pool, kek, actor=actor, rotate=command == "rotate")
+            key_id = await hook_admin.create(
+                store, res.kek, actor=actor, rotate=command == "rotate"
+            )
             print(f"hook key {key_id} is now current; export it with `pcns keys hook export`")
         elif command == "list":
             print(f"{'key id':<30} {'state':<9} {'created':<26}")
-            for k in await hook_admin.list_hook_keys(pool):
+            for k in await hook_admin.list_hook_keys(store):
                 print(f"{k.id:<30} {k.state:<9} {k.created_at:<26}")
         elif command == "export":
-            public = await hook_admin.public_key(pool, args.key_id)
+            public = await hook_admin.public_key(store, args.key_id)
             if args.format == "pem":
                 print(public.pem(), end="")
             elif args.format == "raw":
@@ -218,7 +201,7 @@ async def _hook(args: argparse.Namespace, pool: asyncpg.Pool, kek: KekProvider, 
                 }
                 print(json.dumps(doc, indent=2))
         elif command == "retire":
-            await hook_admin.retire(pool, actor=actor, key_id=args.key_id)
+            await hook_admin.retire(store, actor=actor, key_id=args.key_id)
             print(f"hook key {args.key_id} retired; its private half is destroyed")
     except hook_admin.HookKeyError as exc:
         print(f"pcns keys hook {command}: {exc}", file=sys.stderr)
