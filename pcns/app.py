@@ -34,7 +34,7 @@ from pcns.receiver.committer import GroupCommitter
 from pcns.receiver.http import CONTEXT, ReceiverContext, add_routes, problem_middleware
 from pcns.routing import Router
 from pcns.secret_files import read_private_file, read_webhook_secret
-from targets.base import Target, load_target_types
+from targets.base import AdapterUnavailable, Target, installed_target_types, load_target_types
 from vault import FileKek, KekProvider, TransitConfig, TransitKek
 
 log = structlog.get_logger(__name__)
@@ -44,14 +44,22 @@ ADMIN_POOL_SIZE = 4
 
 
 def build_targets(settings: Settings) -> dict[str, Target]:
-    """Validate each ``[[targets]]`` table against its adapter's model and construct it."""
-    types = load_target_types()
+    """Validate each ``[[targets]]`` table against its adapter's model and construct it.
+
+    Only the configured types' adapters are imported; one whose optional library is missing
+    stops the start with a message naming the extra to install.
+    """
+    try:
+        types = load_target_types({cfg.type for cfg in settings.targets})
+    except AdapterUnavailable as exc:
+        raise ConfigError(str(exc)) from None
     built: dict[str, Target] = {}
     for i, cfg in enumerate(settings.targets):
         factory = types.get(cfg.type)
         if factory is None:
+            installed = installed_target_types()
             raise ConfigError(
-                f"targets.{i}.type: unknown target type {cfg.type!r}; installed: {sorted(types)}"
+                f"targets.{i}.type: unknown target type {cfg.type!r}; installed: {installed}"
             )
         try:
             adapter_settings = factory.settings_model.model_validate(cfg.adapter_fields())

@@ -7,78 +7,12 @@ import getpass
 import json
 import socket
 import sys
-from pathlib import Path
 
 from pcns.app import AdminResources, admin_resources
-from pcns.config import load_settings
+from pcns.config import Settings, load_settings
 from pcns.keys import admin, hook_admin
 from pcns.keys.admin import KeyAdminError
 from vault import create_keyring_file
-
-__all__ = ["KeyAdminError", "add_parser", "run"]
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = sub.add_parser("keys", help="data keys and key-encryption keys (security team)")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-
-    def command(
-        name: str, help_text: str, into: argparse._SubParsersAction[argparse.ArgumentParser]
-    ) -> argparse.ArgumentParser:
-        p = into.add_parser(name, help=help_text)
-        p.add_argument("--config", type=Path, required=True)
-        p.add_argument(
-            "--actor", default=None, help="who runs this, for the audit log (default user@host)"
-        )
-        return p
-
-    hook = keys_sub.add_parser(
-        "hook", help="hook keys: the P-256 recipients hooks seal changes to (RFC 9180 HPKE)"
-    )
-    hook_sub = hook.add_subparsers(dest="hook_command", required=True)
-    command("create", "create the first hook key", hook_sub)
-    command("rotate", "create a new current hook key; the old one stays active", hook_sub)
-    command("list", "every hook key: state, creation time", hook_sub)
-    export = command("export", "print a hook key's public half for configuring hooks", hook_sub)
-    export.add_argument("key_id", nargs="?", help="default: the current hook key")
-    export.add_argument(
-        "--format",
-        choices=("pem", "raw", "json"),
-        default="pem",
-        help="pem: SubjectPublicKeyInfo; raw: the 65-byte point as hex; json: both and the id",
-    )
-    hook_retire = command("retire", "destroy a hook key (not the current one)", hook_sub)
-    hook_retire.add_argument("key_id")
-
-    def keys_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return command(name, help_text, keys_sub)
-
-    keys_command("init", "create the file KEK (vault.keyring, mode 0600)")
-    keys_command("list", "every data key: state, age, encryptions, queued ciphertexts")
-    rotate = keys_command("rotate", "create a new data key and make it primary, online")
-    rotate.add_argument(
-        "--propagation",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="how long the new key is loaded everywhere before it becomes primary "
-        "(default: vault.refresh_interval + 1)",
-    )
-    rewrap = keys_command("rewrap", "re-encrypt queued ciphertexts under the primary data key")
-    rewrap.add_argument("--batch", type=int, default=1000)
-    rewrap.add_argument("--parallel", type=int, default=2, help="batches in flight (default 2)")
-    rewrap.add_argument(
-        "--pause",
-        type=float,
-        default=0.3,
-        metavar="SECONDS",
-        help="pause after each batch so the running service keeps its pace (default 0.3)",
-    )
-    retire = keys_command("retire", "destroy a data key no queued ciphertext uses")
-    retire.add_argument("key_id")
-    keys_command("rotate-kek", "rewrap every data key under the current key-encryption key")
-    audit = keys_command("audit", "the key audit log, newest first")
-    audit.add_argument("--limit", type=int, default=50)
 
 
 def _actor(args: argparse.Namespace) -> str:
@@ -116,7 +50,14 @@ async def run(args: argparse.Namespace) -> int:
         kek_id = create_keyring_file(settings.vault.keyring)
         print(f"created key-encryption key {kek_id} in {settings.vault.keyring} (mode 0600)")
         return 0
-    actor = _actor(args)
+    try:
+        return await _administer(args, settings, _actor(args))
+    except KeyAdminError as exc:
+        print(f"pcns keys: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _administer(args: argparse.Namespace, settings: Settings, actor: str) -> int:
     async with admin_resources(settings) as res:
         store, kek = res.keys, res.kek
         if args.keys_command == "hook":

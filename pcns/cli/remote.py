@@ -78,8 +78,6 @@ async def notify(args: argparse.Namespace) -> int:
     except NotifyFailed as exc:
         print(f"pcns notify: not accepted: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    finally:
-        del password, change
     print(json.dumps(result.body, indent=2))
     return EXIT_OK if result.accepted else EXIT_REJECTED
 

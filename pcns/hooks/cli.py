@@ -140,8 +140,6 @@ async def _send_record(
             action="not acknowledged: syncpasswords stops and replays the change when restarted",
         )
         return EXIT_UNAVAILABLE, None
-    finally:
-        del change
     if result.accepted:
         change_id = result.body.get("id")
         log.info("hook_change_sent", change_id=change_id)
@@ -216,8 +214,6 @@ async def _pam(args: argparse.Namespace) -> int:
         reason = str(exc) or f"no answer within {settings.timeout}s"
         _report(syslog.LOG_ERR, f"{what} NOT delivered ({reason}); it was not sent to pcns")
         return EXIT_OK
-    finally:
-        del change
     if result.accepted:
         _report(syslog.LOG_INFO, f"{what} delivered to pcns as change {result.body.get('id')}")
     else:
