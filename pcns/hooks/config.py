@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pcns.client import client_ssl_context, load_recipient
 from pcns.config import Duration, format_validation_error, is_loopback, read_toml
 from pcns.errors import ConfigError
-from pcns.client import client_ssl_context, load_recipient
 from vault import HookPublicKey
 from vault.hook_seal import KEY_ID_PATTERN
 
