@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pcns.errors import ConfigError
+from targets.templates import Template
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -230,18 +230,12 @@ class TargetConfig(BaseModel):
     @field_validator("account")
     @classmethod
     def _template(cls, value: str) -> str:
-        try:
-            parsed = list(string.Formatter().parse(value))
-        except ValueError as exc:
-            raise ValueError(f"malformed template: {exc}") from None
-        for _, field, spec, conversion in parsed:
-            if field is None:
-                continue
-            if field not in ACCOUNT_FIELDS or spec or conversion:
-                raise ValueError(
-                    f"template field {{{field}}} is not allowed; use {{user}}, {{domain}}, {{upn}}"
-                )
+        Template.parse(value, ACCOUNT_FIELDS)  # ValueError naming the placeholder or the brace
         return value
+
+    def account_template(self) -> Template:
+        """The ``account`` template, parsed (it was validated with the configuration)."""
+        return Template.parse(self.account, ACCOUNT_FIELDS)
 
     def adapter_fields(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

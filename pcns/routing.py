@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import string
 from dataclasses import dataclass
 
 from pcns.config import TargetConfig
+from targets.templates import Template
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,22 +30,17 @@ class Route:
     """One target's routing rule: case-insensitive include/exclude globs and an account template."""
 
     target: str
-    template: str
+    template: Template
     include: re.Pattern[str]
     exclude: re.Pattern[str] | None
-    # The template parsed once: (literal text, field name or None) pairs.
-    parts: tuple[tuple[str, str | None], ...]
 
     @classmethod
     def from_config(cls, cfg: TargetConfig) -> Route:
         return cls(
             target=cfg.name,
-            template=cfg.account,
+            template=cfg.account_template(),
             include=_globs(cfg.include) or re.compile(r"(?!)"),
             exclude=_globs(cfg.exclude),
-            parts=tuple(
-                (literal, field) for literal, field, _, _ in string.Formatter().parse(cfg.account)
-            ),
         )
 
     def matches(self, user: str) -> bool:
@@ -55,15 +50,16 @@ class Route:
         return self.exclude is None or not self.exclude.match(name)
 
     def account(self, who: Identity) -> str:
-        out = []
-        for literal, field in self.parts:
-            out.append(literal)
+        """The account name at the target; MissingAccountField names the first field absent."""
+        values = {"user": who.user, "domain": who.domain, "upn": who.upn}
+        present: dict[str, str] = {}
+        for _, field in self.template.parts:
             if field is not None:
-                value: str | None = getattr(who, field)
+                value = values[field]
                 if value is None:
                     raise MissingAccountField(field)
-                out.append(value)
-        return "".join(out)
+                present[field] = value
+        return self.template.render(present)
 
 
 def _globs(patterns: tuple[str, ...]) -> re.Pattern[str] | None:

@@ -1,16 +1,31 @@
-"""What a target is: the adapter protocol, its errors, and how adapters are found."""
+"""What a target is: the adapter protocol, its errors, and how adapters are found.
+
+Adapters are found through the entry-point group ``pcns.targets`` and imported only when a
+configuration names their type (:func:`load_target_types`), so an optional library that no
+configured target needs may be missing, and a broken third-party adapter stops nothing else.
+"""
 
 from __future__ import annotations
 
 import stat
-from collections.abc import Mapping
-from importlib.metadata import entry_points
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
 ENTRY_POINT_GROUP = "pcns.targets"
+# The optional library (top-level module) an adapter of pcns's own needs, and the extra of the
+# pcns distribution that installs it.
+OPTIONAL_EXTRAS: Final = {
+    "ldap3": "ldap",
+    "pyasn1": "ldap",
+    "scim2_models": "scim",
+    "aiomysql": "mysql",
+    "pymysql": "mysql",
+    "aiosqlite": "sqlite",
+}
 
 
 class TargetError(Exception):
@@ -40,6 +55,20 @@ class PermanentError(TargetError):
 
 class TargetConfigError(TargetError):
     """A target's configuration is invalid; the message names the field."""
+
+
+class AdapterUnavailable(TargetError):
+    """A configured target type's adapter cannot be imported.
+
+    The message names the type and what is missing (a module and the extra that installs it), or
+    the type of the exception the import raised; never that exception's text or traceback,
+    which may quote a third party's configuration.
+    """
+
+    def __init__(self, target_type: str, reason: str) -> None:
+        super().__init__(reason)
+        self.target_type = target_type
+        self.reason = reason
 
 
 class Password:
@@ -118,9 +147,69 @@ class TargetFactory(Protocol):
     def __call__(self, name: str, settings: Any) -> Target: ...
 
 
-def load_target_types() -> Mapping[str, TargetFactory]:
-    """Every adapter type installed under the ``pcns.targets`` entry-point group, by type name."""
-    found: dict[str, TargetFactory] = {}
+def _entry_points() -> dict[str, EntryPoint]:
+    """The group's entry points by name; when two packages claim one name, the first wins."""
+    found: dict[str, EntryPoint] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.load()
+        found.setdefault(ep.name, ep)
     return found
+
+
+def installed_target_types() -> list[str]:
+    """The names of every installed adapter type, sorted; nothing is imported."""
+    return sorted(_entry_points())
+
+
+def _missing_module(name: str, ep: EntryPoint, exc: ModuleNotFoundError) -> AdapterUnavailable:
+    module = (exc.name or "").partition(".")[0]
+    dist = ep.dist.name if ep.dist is not None else None
+    if not module:
+        return AdapterUnavailable(name, f"target type {name!r}: {ep.value} cannot be imported")
+    if module == ep.module.partition(".")[0]:
+        return AdapterUnavailable(
+            name, f"target type {name!r}: its module {ep.module} is not installed"
+        )
+    extra = OPTIONAL_EXTRAS.get(module)
+    if extra is not None and (dist is None or dist.lower() == "pcns"):
+        return AdapterUnavailable(
+            name,
+            f"target type {name!r} needs the optional package {module}: "
+            f"pip install 'pcns[{extra}]'",
+        )
+    source = f" (from the package {dist})" if dist else ""
+    return AdapterUnavailable(
+        name, f"target type {name!r}{source} needs the module {module}, which is not installed"
+    )
+
+
+def _load(name: str, ep: EntryPoint) -> TargetFactory:
+    """Import the adapter ``ep`` names for type ``name``; AdapterUnavailable when it fails."""
+    try:
+        factory = ep.load()
+    except ModuleNotFoundError as exc:
+        raise _missing_module(name, ep, exc) from None
+    except Exception as exc:
+        # Not chained: a third party's import error may quote its configuration or environment.
+        raise AdapterUnavailable(
+            name,
+            f"target type {name!r}: importing {ep.value} failed with {type(exc).__name__} "
+            f"(python -c 'import {ep.module}' shows why)",
+        ) from None
+    settings_model = getattr(factory, "settings_model", None)
+    if not (isinstance(settings_model, type) and issubclass(settings_model, BaseModel)):
+        raise AdapterUnavailable(
+            name, f"target type {name!r}: {ep.value} is not an adapter (no settings_model)"
+        )
+    return factory  # type: ignore[no-any-return]  # entry points are untyped
+
+
+def load_target_types(names: Iterable[str] | None = None) -> dict[str, TargetFactory]:
+    """The adapters of the types in ``names``, imported now; every installed one when None.
+
+    A name with no entry point is absent from the result (the caller names it, with
+    :func:`installed_target_types`); an adapter that cannot be imported raises
+    :class:`AdapterUnavailable`. Adapters not asked for are not imported.
+    """
+    installed = _entry_points()
+    wanted = installed if names is None else dict.fromkeys(names)
+    return {name: _load(name, installed[name]) for name in wanted if name in installed}

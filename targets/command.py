@@ -5,8 +5,8 @@ plus the configured ``env``; it never inherits the service's environment, which 
 ``PCNS_*`` secrets. The password, UTF-8 encoded and followed by one newline, is written to its
 stdin, which is then closed; it is never put in argv or the environment, where any local user
 could read it from ``/proc``. The exit status decides the outcome; stderr (its last lines, with
-the password redacted) goes into the error reason. On timeout or cancellation the whole process
-group is killed.
+the password redacted, judged by :mod:`targets.redaction`) goes into the error reason. On
+timeout or cancellation the whole process group is killed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import ClassVar, Final, Literal, Self
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from targets.base import Password, PermanentError, TargetSettings, TransientError
-from targets.templates import Template, one_line, redact
+from targets.redaction import quotable, redact
+from targets.templates import Template
 
 Verdict = Literal["done", "permanent", "transient"]
 
@@ -138,8 +139,8 @@ async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
         stdin.close()
 
 
-async def _read_tail(stream: asyncio.StreamReader) -> bytes:
-    """The last :data:`STDERR_KEEP` bytes of ``stream``, starting at a line boundary."""
+async def _read_tail(stream: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """The last :data:`STDERR_KEEP` bytes of ``stream``, and whether earlier ones were dropped."""
     kept = bytearray()
     overflowed = False
     while chunk := await stream.read(65536):
@@ -147,11 +148,7 @@ async def _read_tail(stream: asyncio.StreamReader) -> bytes:
         if len(kept) > STDERR_KEEP:
             del kept[:-STDERR_KEEP]
             overflowed = True
-    if overflowed:
-        # The cut may have split a line that echoes the password; drop that line entirely
-        # (a password never contains a newline: set_password refuses those).
-        kept = kept[kept.find(b"\n") + 1 :] if b"\n" in kept else bytearray()
-    return bytes(kept)
+    return bytes(kept), overflowed
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
@@ -201,8 +198,13 @@ class CommandTarget:
             line = plaintext.encode("utf-8") + b"\n"
         except UnicodeEncodeError:
             raise PermanentError("password is not valid Unicode (lone surrogate)") from None
-        returncode, stderr = await self._run(account, line)
-        excerpt = one_line(redact(stderr, [plaintext]), EXCERPT_CHARS, keep="tail")
+        returncode, stderr, cut = await self._run(account, line)
+        # Exact echoes are cut out; what is left is quoted unless it still repeats a piece.
+        excerpt = quotable(
+            redact(stderr, [plaintext]), [plaintext], EXCERPT_CHARS, keep="tail", truncated=cut
+        )
+        if excerpt is None:
+            excerpt = "(stderr withheld: it repeats part of the password)"
         detail = f": {excerpt}" if excerpt else ""
         if returncode < 0:
             raise TransientError(f"command killed by {signal.Signals(-returncode).name}{detail}")
@@ -214,7 +216,8 @@ class CommandTarget:
             raise TransientError(reason)
         raise PermanentError(reason)
 
-    async def _run(self, account: str, stdin_data: bytes) -> tuple[int, bytes]:
+    async def _run(self, account: str, stdin_data: bytes) -> tuple[int, bytes, bool]:
+        """Exit status, the tail of stderr, and whether that tail was cut from a longer one."""
         settings = self._settings
         values = {"account": account}
         argv = [template.render(values) for template in self._argv]
@@ -239,7 +242,7 @@ class CommandTarget:
         assert process.stderr is not None
         try:
             async with asyncio.timeout(settings.timeout):
-                stderr, _ = await asyncio.gather(
+                (stderr, cut), _ = await asyncio.gather(
                     _read_tail(process.stderr), _feed(process.stdin, stdin_data)
                 )
                 returncode = await process.wait()
@@ -253,7 +256,7 @@ class CommandTarget:
             _kill_group(process)
             await process.wait()
             raise
-        return returncode, stderr
+        return returncode, stderr, cut
 
     async def check(self) -> None:
         """The executable exists and may be executed; runs nothing."""

@@ -1,10 +1,10 @@
 """A generic REST web service: one templated HTTP request per password change.
 
-The URL and headers are templates over ``{account}`` (percent-encoded in the URL); the body is
-a JSON structure whose strings may also use ``{password}`` and, when ``hash`` is set,
-``{password_hash}``. The password goes only into the body, never into the URL or a header, and
-the body is rendered by walking the structure and serialising it with :mod:`json`, so every
-password is escaped correctly. The answer is judged by :mod:`targets.http_status`.
+The request is configured and checked by :mod:`targets.http_settings`: the URL and headers
+carry only ``{account}`` (percent-encoded in the URL), and the password goes only into the
+body, which is rendered by walking its JSON structure and serialising it with :mod:`json`, so
+every password is escaped correctly. The answer is judged by :mod:`targets.http_status`, and a
+refusal's body is quoted only as :mod:`targets.redaction` allows.
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import contextlib
 import http
 import json
 import os
-import re
 import ssl
-from collections.abc import AsyncIterator, Collection, Mapping
-from pathlib import Path
-from typing import ClassVar, Final, Literal, Self, assert_never
+from collections.abc import AsyncIterator
+from typing import ClassVar, Final, assert_never
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import yarl
 from multidict import CIMultiDict
-from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 
 from targets.base import (
     Password,
@@ -34,188 +31,23 @@ from targets.base import (
     TransientError,
     read_secret_file,
 )
-from targets.hashing import HashScheme, hash_password_async
-from targets.http_status import (
-    DEFAULT_RULES,
-    StatusRule,
-    StatusTable,
-    Verdict,
-    parse_retry_after,
+from targets.hashing import hash_password_async
+from targets.http_settings import (
+    ACCOUNT,
+    SAMPLE,
+    SAMPLE_ACCOUNT,
+    HttpSettings,
+    render_body,
+    ssl_context,
 )
-from targets.templates import Template, contains_secret, one_line
+from targets.http_status import StatusTable, parse_retry_after
+from targets.redaction import quotable
+from targets.templates import Template
 
-_ACCOUNT: Final = ("account",)
-_SECRET_FIELDS: Final = ("password", "password_hash")
-_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_SAMPLE_ACCOUNT: Final = "pcns-sample-account"
-_SAMPLE: Final = {"account": _SAMPLE_ACCOUNT}
+__all__ = ["EXCERPT_CHARS", "HttpSettings", "HttpTarget"]
+
 EXCERPT_CHARS: Final = 200
 _READ_LIMIT: Final = 8192
-
-JsonBody = dict[str, JsonValue] | list[JsonValue]
-
-
-def _template(text: str, allowed: Collection[str]) -> Template:
-    """Parse ``text``; a password placeholder outside the body gets its own message."""
-    used = Template.parse(text, (*allowed, *_SECRET_FIELDS)).fields
-    if used & set(_SECRET_FIELDS) - set(allowed):
-        raise ValueError("the password may appear only in body, never in the URL or a header")
-    return Template.parse(text, allowed)
-
-
-def _body_fields(value: JsonValue, allowed: Collection[str]) -> set[str]:
-    """Placeholders used in the body's strings; keys are templates without placeholders."""
-    if isinstance(value, str):
-        return set(Template.parse(value, allowed).fields)
-    if isinstance(value, list):
-        return set().union(*(_body_fields(item, allowed) for item in value))
-    if isinstance(value, dict):
-        for key in value:
-            Template.parse(key, ())
-        return set().union(*(_body_fields(item, allowed) for item in value.values()))
-    return set()
-
-
-def _render_body(value: JsonValue, values: Mapping[str, str]) -> JsonValue:
-    if isinstance(value, str):
-        return Template.parse(value, values.keys()).render(values)
-    if isinstance(value, list):
-        return [_render_body(item, values) for item in value]
-    if isinstance(value, dict):
-        return {
-            Template.parse(key, ()).render({}): _render_body(item, values)
-            for key, item in value.items()
-        }
-    return value
-
-
-def _no_key_password() -> str:
-    raise ValueError("client_key is encrypted; give an unencrypted key (readable by pcns only)")
-
-
-def _ssl_context(cert: Path | None, key: Path | None, ca_file: Path | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        context.load_cert_chain(cert, key, password=_no_key_password)
-    return context
-
-
-def _read_secret_file(path: Path, field: str) -> str:
-    return read_secret_file(path, what=field)
-
-
-class HttpSettings(TargetSettings):
-    """Request template, authentication, TLS and status classification of one REST target."""
-
-    # Headers may carry static API keys: keep raw input out of validation error messages.
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    allow_insecure: bool = False
-    hash: HashScheme | None = None
-    method: Literal["POST", "PUT", "PATCH"] = "POST"
-    url: str
-    check_url: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: JsonBody
-    timeout: float = Field(default=10.0, gt=0)
-    bearer_token_file: Path | None = None
-    basic_user: str | None = None
-    basic_password_file: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    ca_file: Path | None = None
-    done: tuple[StatusRule, ...] = DEFAULT_RULES["done"]
-    permanent: tuple[StatusRule, ...] = DEFAULT_RULES["permanent"]
-    transient: tuple[StatusRule, ...] = DEFAULT_RULES["transient"]
-
-    @field_validator("url", "check_url")
-    @classmethod
-    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        allowed = _ACCOUNT if info.field_name == "url" else ()
-        parts = urlsplit(_template(value, allowed).render(_SAMPLE))
-        if parts.scheme == "http" and not info.data.get("allow_insecure", False):
-            raise ValueError("https is required; set allow_insecure = true to allow plain http")
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("must be an absolute https:// URL")
-        if _SAMPLE_ACCOUNT in parts.netloc:
-            raise ValueError("{account} may appear in the path or query, not the host")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("no credentials in the URL; use basic_user and basic_password_file")
-        return value
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, template in value.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if any(c in template for c in "\r\n\0"):
-                raise ValueError(f"{name}: a header value cannot contain a line break or NUL")
-            try:
-                _template(template, _ACCOUNT)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-        return value
-
-    @field_validator("body")
-    @classmethod
-    def _body(cls, value: JsonBody, info: ValidationInfo) -> JsonBody:
-        # When ``hash`` itself failed validation, do not add a second error about it here.
-        hashing = info.data.get("hash") is not None or "hash" not in info.data
-        used = _body_fields(value, ("account", *_SECRET_FIELDS))
-        if "password_hash" in used and not hashing:
-            raise ValueError("{password_hash} needs a hash scheme: set hash")
-        if not used & {"password", "password_hash"}:
-            wanted = "{password} or {password_hash}" if hashing else "{password}"
-            raise ValueError(f"must use {wanted} in some string value")
-        if info.data.get("hash") is not None and "password_hash" not in used:
-            raise ValueError("hash is set, so use {password_hash} in some string value")
-        try:
-            json.dumps(value, allow_nan=False)
-        except ValueError:
-            raise ValueError("nan and inf are not JSON numbers") from None
-        return value
-
-    @field_validator("done", "permanent", "transient")
-    @classmethod
-    def _rules(cls, value: tuple[StatusRule, ...]) -> tuple[StatusRule, ...]:
-        StatusTable.build({"done": value})
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        try:
-            StatusTable.build(self.status_rules())
-        except ValueError as exc:
-            raise ValueError(f"done/permanent/transient: {exc}") from None
-        if (self.basic_user is None) != (self.basic_password_file is None):
-            raise ValueError("basic_user and basic_password_file: set both or neither")
-        if self.basic_user is not None and ":" in self.basic_user:
-            raise ValueError("basic_user: cannot contain ':'")
-        if self.basic_user is not None and self.bearer_token_file is not None:
-            raise ValueError("bearer_token_file: set either bearer or basic authentication")
-        if (self.basic_user or self.bearer_token_file) and any(
-            name.lower() == "authorization" for name in self.headers
-        ):
-            raise ValueError("headers: Authorization is set by bearer/basic auth already")
-        if self.client_key is not None and self.client_cert is None:
-            raise ValueError("client_key: needs client_cert")
-        if self.bearer_token_file is not None:
-            _read_secret_file(self.bearer_token_file, "bearer_token_file")
-        if self.basic_password_file is not None:
-            _read_secret_file(self.basic_password_file, "basic_password_file")
-        try:
-            _ssl_context(self.client_cert, self.client_key, self.ca_file)
-        except (OSError, ValueError) as exc:
-            field = "ca_file" if self.client_cert is None else "client_cert/client_key/ca_file"
-            raise ValueError(f"{field}: cannot load: {exc}") from None
-        return self
-
-    def status_rules(self) -> dict[Verdict, tuple[StatusRule, ...]]:
-        return {"done": self.done, "permanent": self.permanent, "transient": self.transient}
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -249,18 +81,18 @@ class HttpTarget:
     def __init__(self, name: str, settings: HttpSettings) -> None:
         self.name = name
         self._settings = settings
-        self._headers = {k: Template.parse(v, _ACCOUNT) for k, v in settings.headers.items()}
+        self._headers = {k: Template.parse(v, ACCOUNT) for k, v in settings.headers.items()}
         self._statuses = StatusTable.build(settings.status_rules())
-        sample = str(yarl.URL(Template.parse(settings.url, _ACCOUNT).render(_SAMPLE)))
+        sample = str(yarl.URL(Template.parse(settings.url, ACCOUNT).render(SAMPLE)))
         # yarl normalises the literal parts once; each account is then percent-encoded by us
         # alone (every byte but unreserved ones), so "/", "?", "&", "#" stay inside its segment.
-        self._url_pieces = sample.split(_SAMPLE_ACCOUNT)
+        self._url_pieces = sample.split(SAMPLE_ACCOUNT)
         parts = urlsplit(sample)
         self._tls = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._tls else 80)
         self._where = parts.netloc
-        self._ssl = _ssl_context(settings.client_cert, settings.client_key, settings.ca_file)
+        self._ssl = ssl_context(settings.client_cert, settings.client_key, settings.ca_file)
         self._session: aiohttp.ClientSession | None = None
         self._session_lock = asyncio.Lock()
 
@@ -274,7 +106,7 @@ class HttpTarget:
         if settings.hash is not None:
             values["password_hash"] = await hash_password_async(settings.hash, password)
         try:
-            body = _render_body(settings.body, values)
+            body = render_body(settings.body, values)
             data = json.dumps(body, ensure_ascii=False).encode("utf-8")
             url = yarl.URL(quote(account, safe="").join(self._url_pieces), encoded=True)
         except UnicodeEncodeError:
@@ -283,15 +115,14 @@ class HttpTarget:
         headers = CIMultiDict({"Content-Type": "application/json"})
         headers.update(self._account_headers(account))  # a configured Content-Type wins
         headers.update(await self._auth_headers())
-        secrets = [value for key, value in values.items() if key in _SECRET_FIELDS]
         async with self._translated_errors():
             session = await self._client()
             async with session.request(
                 settings.method, url, data=data, headers=headers, allow_redirects=False
             ) as response:
-                await self._judge(response, secrets)
+                await self._judge(response, values)
 
-    async def _judge(self, response: aiohttp.ClientResponse, secrets: list[str]) -> None:
+    async def _judge(self, response: aiohttp.ClientResponse, values: dict[str, str]) -> None:
         status = response.status
         label = f"{self._where} answered HTTP {status} {_phrase(status)}".rstrip()
         verdict = self._statuses.classify(status)
@@ -303,9 +134,16 @@ class HttpTarget:
                 raise TransientError(label, retry_after=retry_after)
             case "permanent":
                 raw = await _read_capped(response, _READ_LIMIT)
-                if contains_secret(raw, secrets):
+                excerpt = quotable(
+                    raw,
+                    [values["password"]],
+                    EXCERPT_CHARS,
+                    # The hash counts whole only: a piece of it says nothing about the password.
+                    whole=[values["password_hash"]] if "password_hash" in values else [],
+                    truncated=len(raw) >= _READ_LIMIT,
+                )
+                if excerpt is None:
                     raise PermanentError(f"{label} (body withheld: it echoes the password)")
-                excerpt = one_line(raw, EXCERPT_CHARS)
                 raise PermanentError(f"{label}: {excerpt}" if excerpt else label)
             case _:
                 assert_never(verdict)
@@ -321,12 +159,12 @@ class HttpTarget:
         try:
             if settings.bearer_token_file is not None:
                 token = await asyncio.to_thread(
-                    _read_secret_file, settings.bearer_token_file, "bearer_token_file"
+                    read_secret_file, settings.bearer_token_file, what="bearer_token_file"
                 )
                 return {"Authorization": f"Bearer {token}"}
             if settings.basic_user is not None and settings.basic_password_file is not None:
                 secret = await asyncio.to_thread(
-                    _read_secret_file, settings.basic_password_file, "basic_password_file"
+                    read_secret_file, settings.basic_password_file, what="basic_password_file"
                 )
                 pair = f"{settings.basic_user}:{secret}".encode()  # RFC 7617 with charset=UTF-8
                 return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}

@@ -1,4 +1,5 @@
-"""How the ``http`` target reads an answer: status classification and ``Retry-After``.
+"""How the ``http`` target reads an answer: status classification, and ``Retry-After`` (which
+the ``scim`` target reads with the same parser).
 
 A rule is an exact status code (``503``) or a class (``"5xx"``). An exact code wins over a
 class, so ``transient = [501]`` beside ``permanent = ["5xx"]`` makes 501 alone transient. A code
@@ -75,9 +76,11 @@ def _claim(table: dict[_Rule, Verdict], rule: _Rule, verdict: Verdict) -> None:
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or an HTTP-date).
+    """Seconds to wait from a ``Retry-After`` value (RFC 9110 §10.2.3), for every HTTP adapter.
 
-    None when absent or unreadable; a date in the past means 0.
+    ``delay-seconds`` (ASCII digits only) or an ``HTTP-date`` in any of its three formats
+    (IMF-fixdate, RFC 850, asctime; one without a zone is GMT, as every HTTP-date is). None when
+    absent or unreadable (a negative or fractional number, words); a date in the past means 0.
     """
     if value is None:
         return None

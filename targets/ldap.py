@@ -39,6 +39,7 @@ from targets.ldap_pool import (
     ldap_errors,
     tls_context,
 )
+from targets.redaction import quotable
 
 LdapHash = Literal["ssha512", "sha512_crypt", "argon2id"]
 
@@ -54,7 +55,7 @@ _SCOPES: Final = {"subtree": ldap3.SUBTREE, "one": ldap3.LEVEL}
 # adminLimitExceeded, busy, unavailable. Every other refusal is about this entry or this value.
 _TRANSIENT_RESULTS: Final = frozenset({3, 11, 51, 52})
 _MAX_SERVER_TEXT: Final = 300
-_WITHHELD: Final = "(server text withheld: it contained the password)"
+_WITHHELD: Final = "(server text withheld: it repeats part of a password)"
 
 
 def _endpoint(url: str) -> tuple[str, int, bool]:
@@ -184,15 +185,12 @@ class LdapSettings(TargetSettings):
 
 
 def server_text(message: object, *secrets: bytes) -> str:
-    """The server's diagnostic message, fit for an error reason: one line, bounded, and withheld
-    entirely if it contains any of ``secrets`` (some password-check modules echo the value)."""
-    text = str(message or "")
-    flat = " ".join(text.split())
-    for secret in secrets:
-        plain = secret.decode("utf-8", errors="replace").casefold()
-        if plain and (plain in text.casefold() or plain in flat.casefold()):
-            return _WITHHELD
-    return flat[:_MAX_SERVER_TEXT]
+    """The server's diagnostic message, fit for an error reason: one bounded line, withheld
+    entirely if it repeats any part of ``secrets`` (some password-check modules echo the value),
+    by :mod:`targets.redaction`'s rule."""
+    passwords = [secret.decode("utf-8", errors="replace") for secret in secrets]
+    quoted = quotable(str(message or ""), passwords, _MAX_SERVER_TEXT)
+    return _WITHHELD if quoted is None else quoted
 
 
 def _result_error(exc: Any, action: str, *secrets: bytes) -> TransientError | PermanentError:

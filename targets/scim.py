@@ -3,14 +3,16 @@
 A change is two requests: ``GET {base_url}/Users?filter=userName eq "..."`` (or ``externalId``)
 finds exactly one user, then ``PATCH {base_url}/Users/{id}`` replaces ``password``. Both carry a
 bearer token: a static one (``token`` / ``token_file``) or one obtained with the OAuth2
-client-credentials grant (:mod:`targets.scim_http`). Redirects are never followed, so the password
-only ever goes to ``base_url``. A PATCH replace is idempotent, so retrying after a timeout whose
-outcome is unknown is safe.
+client-credentials grant (configured in :mod:`targets.scim_settings`, fetched by
+:mod:`targets.scim_http`). Redirects are never followed, so the password only ever goes to
+``base_url``. A PATCH replace is idempotent, so retrying after a timeout whose outcome is unknown
+is safe.
 
 How answers are classified (see ``docs/targets/scim.md``): no match, several matches, 404, 400,
 409 and other 4xx are permanent; 401/403 are transient with a "credentials" reason, since an
 operator can fix them and the queued changes then go through; 408, 429, 5xx (but 501), timeouts
-and connection errors are transient, honouring ``Retry-After``.
+and connection errors are transient, honouring ``Retry-After``. A server's error detail is
+quoted only as :mod:`targets.redaction` allows.
 """
 
 from __future__ import annotations
@@ -20,161 +22,27 @@ import re
 import ssl
 import unicodedata
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import (
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import ValidationError
 from scim2_models import Context, Error, ListResponse, PatchOp, User
-from yarl import URL
 
 from targets.base import Password, PermanentError, TargetError, TargetSettings, TransientError
-from targets.scim_http import (
-    MAX_BODY,
-    BearerFile,
-    Credentials,
-    OAuth2ClientCredentials,
-    StaticBearer,
-    parse_json,
-    read_body,
-    read_credential,
-    retry_after_seconds,
-    translated_errors,
-)
+from targets.http_status import parse_retry_after
+from targets.redaction import echoes, quotable
+from targets.scim_http import MAX_BODY, Credentials, parse_json, read_body, translated_errors
+from targets.scim_settings import MatchAttribute, ScimSettings, credentials_from
 
-MatchAttribute = Literal["userName", "externalId"]
+__all__ = ["ScimSettings", "ScimTarget", "parse_error", "safe_detail", "user_filter"]
 
 SCIM_MEDIA_TYPE: Final = "application/scim+json"
 _ACCEPT: Final = f"{SCIM_MEDIA_TYPE}, application/json"
 _USER_SCHEMA: Final = "urn:ietf:params:scim:schemas:core:2.0:User"
 _MAX_DETAIL: Final = 200
-# A server's error detail is dropped when it shares this many consecutive characters with the
-# password (or all of a shorter one): servers do echo rejected values ("'hunter2' is too short").
-_ECHO_WINDOW: Final = 4
 _SCIM_TYPE: Final = re.compile(r"[A-Za-z]{1,40}")
 _CHECK_ACCOUNT: Final = "pcns-connectivity-check"
-
-
-class ScimSettings(TargetSettings):
-    """Where the SCIM service provider is, how to authenticate and which attribute names a user.
-
-    Exactly one of ``token``, ``token_file`` or ``oauth2_token_url`` (with ``client_id`` and one
-    of ``client_secret`` / ``client_secret_file``). ``timeout`` is in seconds, per request.
-    """
-
-    # Tokens and client secrets are SecretStr; keep raw input out of validation error messages.
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    base_url: str
-    match_attribute: MatchAttribute = "userName"
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    oauth2_token_url: str | None = None
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    client_secret_file: Path | None = None
-    scope: str | None = None
-    oauth2_client_auth: Literal["basic", "post"] = "basic"
-    ca_file: Path | None = None
-    allow_insecure: bool = False
-    timeout: float = Field(default=10.0, gt=0)
-
-    @field_validator("base_url", "oauth2_token_url")
-    @classmethod
-    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        try:
-            url = URL(value)
-        except (ValueError, TypeError):
-            raise ValueError("is not a URL") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        if url.user is not None or url.password is not None:
-            raise ValueError("must not carry credentials; use the token or client secret fields")
-        if url.query_string or url.fragment:
-            raise ValueError("must not have a query or a fragment")
-        return str(url).rstrip("/") if info.field_name == "base_url" else str(url)
-
-    @field_validator("token_file", "client_secret_file")
-    @classmethod
-    def _secret_file_readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None:
-            # ValueError naming the problem, never the content.
-            read_credential(value, what=str(info.field_name), token=info.field_name == "token_file")
-        return value
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_file_loads(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            try:
-                ssl.create_default_context(cafile=value)
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(f"cannot load CA certificates from {value}: {exc}") from None
-        return value
-
-    @field_validator("token")
-    @classmethod
-    def _token_usable(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            StaticBearer(value)  # ValueError when it cannot go into a header
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        for field in ("base_url", "oauth2_token_url"):
-            url = getattr(self, field)
-            if url is not None and url.startswith("http://") and not self.allow_insecure:
-                raise ValueError(
-                    f"{field} must use https:// (set allow_insecure = true to allow plain http)"
-                )
-        sources = [f for f in ("token", "token_file", "oauth2_token_url") if getattr(self, f)]
-        if len(sources) != 1:
-            raise ValueError(
-                "set exactly one of token, token_file and oauth2_token_url (client credentials)"
-            )
-        oauth_fields = ("client_id", "client_secret", "client_secret_file", "scope")
-        if self.oauth2_token_url is None:
-            stray = [f for f in (*oauth_fields, "oauth2_client_auth") if f in self.model_fields_set]
-            if stray:
-                raise ValueError(f"{', '.join(stray)} only apply with oauth2_token_url")
-            return self
-        if not self.client_id:
-            raise ValueError("oauth2_token_url needs client_id")
-        if (self.client_secret is None) == (self.client_secret_file is None):
-            raise ValueError(
-                "oauth2_token_url needs exactly one of client_secret and client_secret_file"
-            )
-        return self
-
-
-def credentials_from(settings: ScimSettings) -> Credentials:
-    """The credential source ``settings`` configure (validated to be exactly one)."""
-    if settings.token is not None:
-        return StaticBearer(settings.token)
-    if settings.token_file is not None:
-        return BearerFile(settings.token_file)
-    assert settings.oauth2_token_url is not None
-    assert settings.client_id is not None
-    secret = settings.client_secret or settings.client_secret_file
-    assert secret is not None
-    return OAuth2ClientCredentials(
-        settings.oauth2_token_url,
-        settings.client_id,
-        secret,
-        scope=settings.scope,
-        client_auth=settings.oauth2_client_auth,
-    )
 
 
 def user_filter(attribute: MatchAttribute, value: str) -> str:
@@ -190,44 +58,16 @@ def _normalised(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
-def _visible(text: str) -> str:
-    """``text`` without control, format (zero-width) and separator characters."""
-    return "".join(c for c in text if unicodedata.category(c)[0] not in "CZ")
-
-
-def _echoes(text: str, secret: str) -> bool:
-    """Whether ``text`` contains ``secret``, or any ``_ECHO_WINDOW`` characters of it in a row.
-
-    Compared after NFKC and case folding, with and without the invisible characters and spaces
-    a server may have put between the characters, and also against the secret's JSON-escaped and
-    percent-encoded forms, since servers quote rejected values in all of these ways.
-    """
-    haystacks = {_normalised(text), _normalised(_visible(text))}
-    for form in {secret, json.dumps(secret)[1:-1], quote(secret, safe="")}:
-        needle = _normalised(form)
-        width = min(len(needle), _ECHO_WINDOW)
-        windows = (
-            {needle[i : i + width] for i in range(len(needle) - width + 1)} if width else set()
-        )
-        if any(window in haystack for window in windows for haystack in haystacks):
-            return True
-    return False
-
-
 def safe_detail(detail: str | None, password: str | None) -> str:
     """A server's error ``detail`` fit for a reason: one short line that never echoes the password.
 
-    A detail that repeats any part of the password is withheld entirely (cutting the part out
-    would still tell its length and place). Otherwise control characters become spaces and the
-    text is cut to ``_MAX_DETAIL`` characters.
+    A detail that repeats any part of the password (by :mod:`targets.redaction`'s rule) is
+    withheld entirely; otherwise it is folded to one line of at most ``_MAX_DETAIL`` characters.
     """
     if not detail:
         return ""
-    if password is not None and _echoes(detail, password):
-        return "(detail withheld: it repeats part of the password)"
-    cleaned = "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in detail)
-    cleaned = " ".join(cleaned.split())
-    return cleaned if len(cleaned) <= _MAX_DETAIL else cleaned[: _MAX_DETAIL - 1] + "…"
+    quoted = quotable(detail, [password] if password else [], _MAX_DETAIL)
+    return "(detail withheld: it repeats part of the password)" if quoted is None else quoted
 
 
 def parse_error(body: bytes) -> Error | None:
@@ -254,7 +94,7 @@ def _error_for(
     parts = [f"{action}: HTTP {status}"]
     if error is not None and error.scim_type:
         scim_type = error.scim_type
-        plain = _SCIM_TYPE.fullmatch(scim_type) and not (password and _echoes(scim_type, password))
+        plain = _SCIM_TYPE.fullmatch(scim_type) and not (password and echoes(scim_type, [password]))
         parts.append(scim_type if plain else "(non-standard scimType)")
     detail = safe_detail(error.detail if error is not None else None, password)
     reason = " ".join(parts) + (f": {detail}" if detail else "")
@@ -263,7 +103,7 @@ def _error_for(
             f"SCIM server refused our credentials ({reason}); fix the token or client credentials"
         )
     if status in (408, 429) or (status >= 500 and status != 501):
-        return TransientError(reason, retry_after=retry_after_seconds(headers.get("Retry-After")))
+        return TransientError(reason, retry_after=parse_retry_after(headers.get("Retry-After")))
     if 300 <= status < 400:
         return PermanentError(f"{reason} (redirects are not followed; check base_url)")
     return PermanentError(reason)

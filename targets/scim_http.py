@@ -17,7 +17,6 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Final, Literal, Protocol
 from urllib.parse import quote_plus
@@ -26,6 +25,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from targets.base import TransientError, read_secret_file
+from targets.http_status import parse_retry_after
 
 MAX_BODY: Final = 1024 * 1024
 # RFC 6750 b64token, loosened to any visible ASCII: what can go into a header unmangled.
@@ -41,22 +41,6 @@ def read_credential(path: Path, *, what: str, token: bool = False) -> str:
     if token and not _TOKEN.fullmatch(value):
         raise ValueError(f"{what}: {path} holds spaces or characters a bearer token cannot have")
     return value
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), if it parses."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000": RFC 5322's "unknown zone"; HTTP-dates are GMT anyway
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def parse_json(body: bytes) -> object:
@@ -251,5 +235,5 @@ def _token_error(status: int, headers: Mapping[str, str], body: bytes) -> Transi
             f"OAuth2 token endpoint refused the client credentials ({label}); "
             "fix client_id, the client secret or scope"
         )
-    retry_after = retry_after_seconds(headers.get("Retry-After"))
+    retry_after = parse_retry_after(headers.get("Retry-After"))
     return TransientError(f"OAuth2 token endpoint answered {label}", retry_after=retry_after)

@@ -2,11 +2,12 @@
 
 The statement uses the named placeholders ``:account`` and ``:hash``, e.g.
 ``UPDATE users SET pw_hash = :hash WHERE login = :account``; they become ``$1``/``$2`` for
-PostgreSQL (asyncpg), ``?`` for SQLite (aiosqlite) and ``%s`` for MySQL/MariaDB (aiomysql, an
-optional dependency imported only for ``mysql://`` DSNs). The DSN is ``postgresql://...``,
-``mysql://user:password@host:3306/db`` (or ``mariadb://``, options ``ssl``, ``ssl_ca`` and
-``unix_socket``) or ``sqlite:////absolute/path/app.db`` (SQLAlchemy's form: three slashes, then
-an absolute path). A statement that matches no row means the account does not exist there.
+PostgreSQL (asyncpg), ``?`` for SQLite (aiosqlite) and ``%s`` for MySQL/MariaDB (aiomysql); the
+last two drivers are optional (extras ``sqlite`` and ``mysql``), imported only for their DSNs.
+The DSN is ``postgresql://...``, ``mysql://user:password@host:3306/db`` (or ``mariadb://``,
+options ``ssl``, ``ssl_ca`` and ``unix_socket``) or ``sqlite:////absolute/path/app.db``
+(SQLAlchemy's form: three slashes, then an absolute path). A statement that matches no row
+means the account does not exist there.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import ClassVar, Final, Literal, Self
+from typing import TYPE_CHECKING, ClassVar, Final, Literal, Self
 from urllib.parse import quote, unquote
-
-import aiosqlite
 
 # asyncpg ships no type information; the ignore stays harmless once pyproject overrides it.
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
@@ -50,6 +49,9 @@ from targets.sql_mysql import (
     parse_mysql_dsn,
     translate_mysql_error,
 )
+
+if TYPE_CHECKING:
+    import aiosqlite
 
 Dialect = Literal["postgresql", "sqlite", "mysql"]
 
@@ -118,11 +120,13 @@ def dialect_of(dsn: str) -> Dialect:
     if scheme in ("mysql", "mariadb"):
         parse_mysql_dsn(dsn)
         if importlib.util.find_spec("aiomysql") is None:
-            raise ValueError("a mysql DSN needs the aiomysql package: pip install aiomysql")
+            raise ValueError("a mysql DSN needs the aiomysql package: pip install 'pcns[mysql]'")
         return "mysql"
     if scheme == "sqlite":
         if not _sqlite_path(dsn).startswith("/"):
             raise ValueError("a sqlite DSN needs an absolute path: sqlite:////path/to/app.db")
+        if importlib.util.find_spec("aiosqlite") is None:
+            raise ValueError("a sqlite DSN needs the aiosqlite package: pip install 'pcns[sqlite]'")
         return "sqlite"
     # Never echo the DSN: it may carry a password.
     raise ValueError("DSN must start with postgresql://, mysql:// or sqlite:///")
@@ -211,6 +215,8 @@ class _Connection:
                 pool_size=self._settings.pool_size,
             )
         else:
+            import aiosqlite  # optional: only sqlite DSNs need it (checked by dialect_of)
+
             # mode=rw: a wrong path must fail, not silently create an empty database.
             uri = f"file:{quote(_sqlite_path(self._dsn))}?mode=rw"
             self._sqlite = await aiosqlite.connect(uri, uri=True, timeout=self._settings.timeout)

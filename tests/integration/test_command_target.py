@@ -222,6 +222,23 @@ async def test_stderr_is_quoted_without_the_password(script: Callable[[str], Pat
     )
 
 
+async def test_stderr_repeating_part_of_the_password_is_withheld(
+    script: Callable[[str], Path],
+) -> None:
+    """Stderr that quotes a piece of the password (here its first five characters) is left out
+    of the reason entirely; the exit status still decides."""
+    password = "Sentinel-" + UNICODE
+    rejects = script(
+        'IFS= read -r pw\nstart=$(printf %s "$pw" | cut -c1-5)\n'
+        'echo "policy: $start... is too common" >&2\nexit 65\n'
+    )
+    with pytest.raises(PermanentError) as refused:
+        await target([rejects]).set_password("alice", Password(password))
+    assert refused.value.reason == (
+        "command exited with status 65: (stderr withheld: it repeats part of the password)"
+    )
+
+
 async def test_long_stderr_keeps_only_its_tail(script: Callable[[str], Path]) -> None:
     """Megabytes on stderr are drained, and only the last 300 characters are quoted."""
     noisy = script(

@@ -426,6 +426,18 @@ async def test_body_echoing_the_password_is_withheld(
     assert "Пароль" not in str(refused.value)
 
 
+async def test_body_repeating_part_of_the_password_is_withheld(
+    server: UserApp, plain: Callable[..., HttpTarget]
+) -> None:
+    """A refusal quoting a piece of the password (its first four characters, upper-cased) is
+    reported without the body."""
+    server.replies.append(Reply(422, text=f"{UNICODE[:4].upper()}... is too common"))
+    with pytest.raises(PermanentError) as refused:
+        await plain().set_password("alice", Password(UNICODE))
+    assert refused.value.reason.endswith("(body withheld: it echoes the password)")
+    assert "common" not in refused.value.reason
+
+
 async def test_basic_auth(
     server: UserApp, plain: Callable[..., HttpTarget], tmp_path: Path
 ) -> None:

@@ -44,8 +44,12 @@ def test_bad_or_clashing_rules_are_refused(rules: dict[Verdict, list[int | str]]
     ("value", "seconds"),
     [("120", 120.0), (" 0 ", 0.0), ("Sat, 01 Mar 2025 12:02:00 GMT", 120.0),
      ("Sat, 01 Mar 2025 11:00:00 GMT", 0.0), ("Saturday, 01-Mar-25 12:00:30 GMT", 30.0),
-     (None, None), ("", None), ("-5", None), ("1.5", None), ("soon", None), ("²", None)],
+     ("Sat Mar  1 12:01:00 2025", 60.0), ("Sat, 01 Mar 2025 12:01:00 -0000", 60.0),
+     ("Sat, 01 Mar 2025 13:01:00 +0100", 60.0),
+     (None, None), ("", None), ("-5", None), ("1.5", None), ("soon", None), ("²", None),
+     ("\uff11\uff12", None), ("12 s", None), ("Sat, 32 Mar 2025 12:00:00 GMT", None)],
 )  # fmt: skip
 def test_retry_after(value: str | None, seconds: float | None) -> None:
-    """Delay-seconds and HTTP-dates (incl. RFC 850) are read; a past date is 0; junk is None."""
+    """Delay-seconds and HTTP-dates in all three RFC 9110 formats are read (a zoneless one is
+    GMT); a past date is 0; negative, fractional, non-ASCII digits and junk are None."""
     assert parse_retry_after(value, now=NOW) == seconds
