@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import secrets
-import stat
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vault._private_file import read_private_file
 from vault.errors import KekError
 from vault.kek import WrappedKey, wrap_context
 
@@ -30,26 +30,13 @@ NONCE_BYTES = 12
 _FORMAT = 1
 
 
-def check_private_file(path: Path) -> None:
-    """Refuse a key file that group or others can access."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise KekError(f"file KEK: {path} does not exist (run `pcns keys init`)") from None
-    except OSError as exc:
-        raise KekError(f"file KEK: {path} cannot be read: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KekError(
-            f"file KEK: {path} has mode {stat.S_IMODE(mode):04o}; "
-            "group and others must have no access (chmod 600)"
-        )
-
-
 def _read(path: Path) -> tuple[str, dict[str, bytes]]:
-    check_private_file(path)
+    text = read_private_file(
+        path, label="file KEK: keyring file", missing_hint=" (run `pcns keys init`)"
+    )
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = json.loads(text)
+    except json.JSONDecodeError:
         raise KekError(f"file KEK: {path} is not a readable JSON keyring") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise KekError(f"file KEK: {path} has an unsupported format (expected {_FORMAT})")

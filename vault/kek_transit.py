@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from vault._private_file import read_private_file
 from vault.errors import KekError
 from vault.kek import WrappedKey, wrap_context
 
@@ -35,13 +36,7 @@ class TransitConfig:
 
 
 def _read_secret(path: Path, what: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise KekError(f"transit KEK: cannot read {what} file {path}: {exc.strerror}") from None
-    if not value:
-        raise KekError(f"transit KEK: {what} file {path} is empty")
-    return value
+    return read_private_file(path, label=f"transit KEK: {what} file")
 
 
 def _version(blob: bytes) -> int:
@@ -55,6 +50,8 @@ def _version(blob: bytes) -> int:
 
 
 class TransitKek:
+    """Wraps data keys with the server's transit key; the token or secret id file is mode 0600."""
+
     name = "transit"
 
     def __init__(self, config: TransitConfig) -> None:
@@ -66,6 +63,13 @@ class TransitKek:
         self._ref = f"transit:{config.mount}/{config.key}"
         self._token: str | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Check the credential file now, so an unsafe or missing one stops the start; it is
+        # read again at every login, which picks up a rotated token or secret id.
+        if config.token_file is not None:
+            self._token = _read_secret(config.token_file, "token")
+        else:
+            assert config.approle_secret_id_file is not None
+            _read_secret(config.approle_secret_id_file, "AppRole secret id")
 
     def __repr__(self) -> str:
         return f"TransitKek(url={self._config.url!r}, key={self._ref!r})"
