@@ -1,7 +1,7 @@
 """The Windows side under Wine 10, in one run: the filter's call latency, and the sender's drain
 rate against the same receiver's accept rate from one sequential keep-alive client.
 
-    .venv/bin/python bench/bench_windows.py [--rounds 3] [--changes 1000] [--calls 250]
+    .venv/bin/python -m bench.windows [--rounds 3] [--changes 1000] [--calls 250]
 
 (i) ``harness.exe`` loads ``pcnsflt.dll`` and calls ``PasswordChangeNotify`` from 4 threads as
 LSASS would (each call: read the registry, convert, seal with CNG, write and flush the spool
@@ -23,11 +23,6 @@ round gets a fresh database.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` as a package
-
 import argparse
 import asyncio
 import base64
@@ -37,6 +32,7 @@ import secrets
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -44,12 +40,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 
-from bench.bench_core import free_port, to_toml, with_database
+from bench.harness.databases import with_database
+from bench.harness.service import free_port, write_config
 from pcns.receiver.signature import sign
 from pcns.secret_files import new_admin_token, new_webhook_secret, read_webhook_secret
 from vault import HookPublicKey, create_keyring_file, seal_for_hook
@@ -127,8 +125,7 @@ def make_service(root: Path, db_url: str) -> Service:
         "sources": [{"id": "dc01", "secret_file": str(secret_file), "require_sealed": True}],
         "targets": [{"name": "app", "type": "noop"}],
     }
-    config = root / "pcns.toml"
-    config.write_text(to_toml(doc))
+    config = write_config(root / "pcns.toml", doc)
     pcns_cli("keys", "hook", "create", "--config", str(config), cwd=root)
     exported = json.loads(
         pcns_cli("keys", "hook", "export", "--config", str(config), "--format", "json", cwd=root)
@@ -348,7 +345,11 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.windows",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--changes", type=int, default=1000, help="(ii) spooled changes per round")
     p.add_argument("--calls", type=int, default=250, help="(i) calls per thread, 4 threads")

@@ -1,0 +1,11 @@
+"""What every benchmark in ``bench/`` is built from; nothing here is run on its own.
+
+- :mod:`bench.harness.loadgen`: the HTTP load generator, a separate process, and its driver.
+- :mod:`bench.harness.cpu`: CPU time of this process, of PostgreSQL and of everything else.
+- :mod:`bench.harness.databases`: scratch databases, each quiesced before a timed window.
+- :mod:`bench.harness.service`: the service's files and config, run in-process or as
+  ``pcns serve``.
+- :mod:`bench.harness.backlog`: queued work, through the service's intake or by ``COPY``.
+- :mod:`bench.harness.report`: medians with ``[min..max]``, ratios, CPU lines, the table.
+- :mod:`bench.harness.run`: the flags every benchmark takes and the environment it runs in.
+"""
