@@ -446,7 +446,7 @@ def test_latency_report_with_four_threads(
     windows_build: Path, wine: Wine, tmp_path: Path, hook: Hook
 ) -> None:
     """200 changes on 4 threads all succeed and the harness reports their latency percentiles
-    (the figures belong to bench/windows.py (python -m bench.windows); no timing is asserted here)."""
+    (the figures belong to bench.windows; no timing is asserted here)."""
     result = change(
         windows_build, wine, tmp_path, threads=4, calls=50, extra=["--latency"], timeout=240
     )

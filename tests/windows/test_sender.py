@@ -593,7 +593,7 @@ async def test_service_delivers_a_filter_change_and_stops(sender: Sender, pcns: 
 @pytest.mark.timeout(600)
 async def test_a_long_spool_drains_in_one_pass_in_order(sender: Sender, pcns: Pcns) -> None:
     """One `run --once` delivers 300 spooled changes in one pass, each exactly once and in spool
-    order, and empties the spool (its rate is measured by bench/windows.py (python -m bench.windows), not here)."""
+    order, and empties the spool (its rate is measured by bench.windows, not here)."""
     n = 300
     for i in range(n):
         sender.write(f"bulk{i}", f"Pw-bulk-{i}!")
