@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
 
-from pcns.config import Role, ServerSettings, Settings, TargetConfig, format_validation_error
+from pcns.config import Role, ServerSettings, Settings, TargetConfig
+from pcns.config_check import adapter_settings
 from pcns.database import Database, create_pool, database_url
 from pcns.delivery.protection import Protection, TargetGuard
 from pcns.delivery.worker import DeliveryWorker
@@ -31,10 +31,11 @@ from pcns.queue.key_store import KeyStore
 from pcns.queue.migrate import migrate_database
 from pcns.queue.upkeep import observe_queue, prune_history
 from pcns.receiver.committer import GroupCommitter
-from pcns.receiver.http import CONTEXT, ReceiverContext, add_routes, problem_middleware
+from pcns.receiver.context import CONTEXT, ReceiverContext
+from pcns.receiver.http import add_routes, problem_middleware
 from pcns.routing import Router
 from pcns.secret_files import read_private_file, read_webhook_secret
-from targets.base import AdapterUnavailable, Target, installed_target_types, load_target_types
+from targets.base import Target, load_target_types
 from vault import FileKek, KekProvider, TransitConfig, TransitKek
 
 log = structlog.get_logger(__name__)
@@ -44,29 +45,17 @@ ADMIN_POOL_SIZE = 4
 
 
 def build_targets(settings: Settings) -> dict[str, Target]:
-    """Validate each ``[[targets]]`` table against its adapter's model and construct it.
+    """Validate every ``[[targets]]`` table against its adapter's model (all problems reported
+    at once, each naming its key) and construct the adapters.
 
     Only the configured types' adapters are imported; one whose optional library is missing
     stops the start with a message naming the extra to install.
     """
-    try:
-        types = load_target_types({cfg.type for cfg in settings.targets})
-    except AdapterUnavailable as exc:
-        raise ConfigError(str(exc)) from None
-    built: dict[str, Target] = {}
-    for i, cfg in enumerate(settings.targets):
-        factory = types.get(cfg.type)
-        if factory is None:
-            installed = installed_target_types()
-            raise ConfigError(
-                f"targets.{i}.type: unknown target type {cfg.type!r}; installed: {installed}"
-            )
-        try:
-            adapter_settings = factory.settings_model.model_validate(cfg.adapter_fields())
-        except ValidationError as exc:
-            raise ConfigError(f"targets.{i} ({cfg.name}): {format_validation_error(exc)}") from None
-        built[cfg.name] = factory(cfg.name, adapter_settings)
-    return built
+    validated, problems = adapter_settings(settings)
+    if problems:
+        raise ConfigError("; ".join(str(p) for p in problems))
+    types = load_target_types({cfg.type for cfg in settings.targets})
+    return {cfg.name: types[cfg.type](cfg.name, validated[cfg.name]) for cfg in settings.targets}
 
 
 @asynccontextmanager
@@ -227,6 +216,7 @@ async def running_service(
             max_body_bytes=settings.server.max_body_bytes,
             timestamp_tolerance=settings.server.timestamp_tolerance,
             committer=committer,
+            target_names=frozenset(target_names),
         )
         add_routes(app, receiver=receiver)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)

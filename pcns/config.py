@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -195,12 +196,15 @@ class DeliverySettings(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> DeliverySettings:
+        problems = []  # both rules are independent: report both at once
         if self.backoff_max < self.backoff_initial:
-            raise ValueError("backoff_max must not be shorter than backoff_initial")
+            problems.append("backoff_max must not be shorter than backoff_initial")
         if self.attempt_timeout * 2 > self.lease:
             # A live worker must always finish (or time out) well inside its lease, or the
             # reaper could hand the row to another worker while the first is still writing.
-            raise ValueError("attempt_timeout must be at most half of lease")
+            problems.append("attempt_timeout must be at most half of lease")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -268,14 +272,28 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
-        for kind, names in (
-            ("sources", [s.id for s in self.sources]),
-            ("targets", [t.name for t in self.targets]),
-        ):
-            seen = {n for n in names if names.count(n) > 1}
-            if seen:
-                raise ValueError(f"{kind}: duplicate names {sorted(seen)}")
+        duplicates = duplicate_names(self.sources, self.targets)
+        if duplicates:
+            raise ValueError(
+                "; ".join(f"{kind}: duplicate names {names}" for kind, names in duplicates.items())
+            )
         return self
+
+
+def duplicate_names(
+    sources: Iterable[SourceSettings], targets: Iterable[TargetConfig]
+) -> dict[str, list[str]]:
+    """``{"sources": [...], "targets": [...]}``: the ids and names given more than once, sorted;
+    a list without repeats is left out."""
+    found: dict[str, list[str]] = {}
+    for kind, names in (
+        ("sources", [s.id for s in sources]),
+        ("targets", [t.name for t in targets]),
+    ):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            found[kind] = repeated
+    return found
 
 
 def format_validation_error(exc: ValidationError) -> str:

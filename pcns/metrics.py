@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pcns import __version__
 from pcns.queue.records import TargetQueueStats
 
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
@@ -56,8 +58,24 @@ class Metrics:
         )
         self.failed = Counter(
             "pcns_deliveries_failed",
-            "Deliveries that ended failed, by reason",
+            "Deliveries that ended failed at once, by reason (integrity, account_template)",
             ["target", "reason"],
+            registry=r,
+        )
+        self.parked = Counter(
+            "pcns_deliveries_parked",
+            "Deliveries parked for an operator's retry, by reason"
+            " (permanent, max_attempts, lease_lost)",
+            ["target", "reason"],
+            registry=r,
+        )
+        self.claimed = Counter(
+            "pcns_deliveries_claimed", "Deliveries a worker claimed", ["target"], registry=r
+        )
+        self.last_success = Gauge(
+            "pcns_target_last_success_timestamp_seconds",
+            "When this worker last delivered to the target (Unix time)",
+            ["target"],
             registry=r,
         )
         self.retried = Counter(
@@ -85,6 +103,28 @@ class Metrics:
             ["target", "state"],
             registry=r,
         )
+        self.queue_due = Gauge(
+            "pcns_queue_due",
+            "Pending deliveries due now, of targets not held",
+            ["target"],
+            registry=r,
+        )
+        self.queue_held = Gauge(
+            "pcns_queue_held", "Pending deliveries of a held target", ["target"], registry=r
+        )
+        self.target_held = Gauge(
+            "pcns_target_held", "1 while an operator holds the target", ["target"], registry=r
+        )
+        self.hold_until = Gauge(
+            "pcns_target_hold_until_timestamp_seconds",
+            "Announced end of a target's hold (Unix time; 0 when none)",
+            ["target"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "pcns_build_info", "pcns version and Python version", ["version", "python"], registry=r
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.oldest_pending = Gauge(
             "pcns_queue_oldest_pending_seconds",
             "Age of the oldest pending delivery",
@@ -153,4 +193,9 @@ class Metrics:
             s = by_target.get(name, TargetQueueStats(name, 0, 0, 0.0))
             self.queue_depth.labels(name, "pending").set(s.pending)
             self.queue_depth.labels(name, "in_flight").set(s.in_flight)
+            self.queue_depth.labels(name, "parked").set(s.parked)
+            self.queue_due.labels(name).set(s.due)
+            self.queue_held.labels(name).set(s.pending if s.held else 0)
+            self.target_held.labels(name).set(1 if s.held else 0)
+            self.hold_until.labels(name).set(s.hold_until.timestamp() if s.hold_until else 0)
             self.oldest_pending.labels(name).set(s.oldest_pending_seconds)

@@ -99,7 +99,7 @@ async def db_url(pg_server_url: str, migrated_template: str) -> AsyncIterator[st
         await conn.close()
 
 
-REQUIRED_TOOLS = ("htpasswd",)
+REQUIRED_TOOLS = ("htpasswd", "prometheus", "promtool")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -207,6 +207,30 @@ class Client:
             return body
 
 
+async def admin_call(
+    client: Client,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    actor: str | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    """One call of the admin API with the admin token; (status, parsed JSON body)."""
+    headers = {"Authorization": f"Bearer {client.files.admin_token}"}
+    if actor is not None:
+        headers["pcns-actor"] = actor
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    if data is not None:
+        headers["content-type"] = "application/json"
+    async with client.session.request(
+        method, client.files.url + path, data=data, headers=headers
+    ) as resp:
+        text = await resp.text()
+        parsed = json.loads(text) if "json" in resp.headers.get("content-type", "") else text
+        return resp.status, parsed
+
+
 async def eventually(
     probe: Callable[[], Awaitable[Any]], *, timeout: float = 20.0, interval: float = 0.1
 ) -> Any:

@@ -48,6 +48,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.db_command == "prune":
             return asyncio.run(db.prune(settings, args.older_than, args.batch))
         return asyncio.run(db.migrate(settings))
+    if args.command == "config":
+        from pcns.cli import config
+
+        return config.run(args)
     if args.command == "keys":
         from pcns.cli import keys
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pcns.cli.config import add_config_parser
 from pcns.hooks import cli as hooks_cli
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--batch", type=int, default=5000, help="rows per statement (5000)")
 
     _add_keys_parser(sub)
+    add_config_parser(sub)
     hooks_cli.add_parser(sub)
 
     targets = sub.add_parser("targets", help="target applications")

@@ -5,6 +5,7 @@ its lease was lost is not counted."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import assert_never
 
@@ -112,7 +113,7 @@ class Completer:
                     continue
                 self._count(outcome, age)
                 recorded.append(outcome)
-            await self._hold_targets(recorded)
+            await self._postpone_targets(recorded)
 
     def _count(self, outcome: Outcome, age: float) -> None:
         m, target = self._metrics, outcome.delivery.target
@@ -120,6 +121,7 @@ class Completer:
             case "delivered":
                 m.child(m.delivered, target).inc()
                 m.child(m.latency, target).observe(age)
+                m.child(m.last_success, target).set(time.time())
             case "retried":
                 m.child(m.retried, target).inc()
             case "no_slot":
@@ -127,7 +129,7 @@ class Completer:
             case "probe_failed":
                 pass  # a deferral the breaker's probe caused: neither an attempt nor a slot miss
             case "permanent" | "max_attempts":
-                m.failed.labels(target, outcome.reason).inc()
+                m.parked.labels(target, outcome.reason).inc()
             case "integrity":
                 m.failed.labels(target, "integrity").inc()
                 m.integrity_failures.labels(target).inc()
@@ -136,15 +138,15 @@ class Completer:
             case other:
                 assert_never(other)
 
-    async def _hold_targets(self, recorded: Sequence[Outcome]) -> None:
-        """A breaker that opened holds its target's pending deliveries past the cool-down."""
+    async def _postpone_targets(self, recorded: Sequence[Outcome]) -> None:
+        """A breaker that opened postpones its target's pending deliveries past the cool-down."""
         holds: dict[str, float] = {}
         for o in recorded:
-            if o.hold_target is not None:
-                holds[o.delivery.target] = max(holds.get(o.delivery.target, 0.0), o.hold_target)
+            if o.postpone_target is not None:
+                holds[o.delivery.target] = max(holds.get(o.delivery.target, 0.0), o.postpone_target)
         for target, seconds in holds.items():
             try:
-                held = await self._queue.hold_target(target, seconds)
-                log.info("target_deliveries_held", target=target, count=held, seconds=seconds)
+                held = await self._queue.postpone_target(target, seconds)
+                log.info("target_deliveries_postponed", target=target, count=held, seconds=seconds)
             except DatabaseError as exc:
-                log.warning("target_hold_failed", target=target, error=exc.cause)
+                log.warning("target_postpone_failed", target=target, error=exc.cause)

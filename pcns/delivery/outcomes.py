@@ -1,5 +1,9 @@
 """How a delivery attempt ends, decided in one pure function.
 
+A delivery that cannot succeed as things are (a permanent error, attempts exhausted) is parked:
+kept with its ciphertext for an operator's retry until ``delivery.max_age``. Only a ciphertext
+that fails authentication ends failed at once: it can never be delivered.
+
 The worker runs the attempt and reports what happened (nothing, or a :class:`Failure`) and what
 the target's circuit breaker said (:class:`BreakerView`); :func:`decide` turns that into the
 :class:`~pcns.queue.records.Outcome` the queue records. No I/O, no clock, no metrics here: the
@@ -77,7 +81,9 @@ def decide(
         case "integrity":
             return Outcome(d, "failed", f"integrity: {failure.reason}", reason="integrity")
         case "permanent":
-            return Outcome(d, "failed", failure.reason, reason="permanent")
+            # Kept, not destroyed: what an operator can fix (a read-only file system, a refused
+            # login, a missing table) is retried from here with `pcns deliveries retry`.
+            return Outcome(d, "parked", failure.reason, reason="permanent")
         case "no_slot":
             delay = breaker.cooldown if breaker.is_open else 1.0
             return Outcome(d, "deferred", failure.reason, delay, reason="no_slot")
@@ -109,7 +115,7 @@ def _after_transient(
                     "expired",
                     f"{reason} (target still down at max_age)",
                     reason="expired",
-                    hold_target=hold,
+                    postpone_target=hold,
                 )
             return Outcome(
                 d,
@@ -117,17 +123,17 @@ def _after_transient(
                 f"{reason} (circuit breaker open)",
                 breaker.cooldown,
                 reason="probe_failed",
-                hold_target=hold,
+                postpone_target=hold,
             )
     decision = policy.retry.decide(d.attempts, retry_after=retry_after, rng=rng)
     match decision:
         case GiveUp():
             return Outcome(
                 d,
-                "failed",
+                "parked",
                 f"{reason} ({decision.reason})",
                 reason="max_attempts",
-                hold_target=hold,
+                postpone_target=hold,
             )
         case Retry():
             if d.age_seconds + decision.delay > policy.max_age:
@@ -136,7 +142,9 @@ def _after_transient(
                     "expired",
                     f"{reason} (next attempt would pass delivery.max_age)",
                     reason="expired",
-                    hold_target=hold,
+                    postpone_target=hold,
                 )
-            return Outcome(d, "pending", reason, decision.delay, reason="retried", hold_target=hold)
+            return Outcome(
+                d, "pending", reason, decision.delay, reason="retried", postpone_target=hold
+            )
     assert_never(decision)

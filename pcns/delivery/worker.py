@@ -127,6 +127,7 @@ class DeliveryWorker:
                 for state in states:
                     self._metrics.ended.labels(target, state).inc()
             for delivery in claimed:
+                self._metrics.child(self._metrics.claimed, delivery.target).inc()
                 task = asyncio.create_task(self._attempt(delivery))
                 self._inflight[delivery.id] = (delivery, task)
             if len(claimed) < limit:
@@ -208,16 +209,21 @@ class DeliveryWorker:
         return failure, BreakerView(opened=True, probe=probe, cooldown=guard.cooldown)
 
     async def _reap(self, stop: asyncio.Event) -> None:
+        """Return what dead workers held, and end parked deliveries at ``delivery.max_age``."""
         interval = max(1.0, min(self._settings.lease / 4, 15.0))
         while not await _wait_any(stop, timeout=interval):
             try:
                 reaped = await self._queue.reap(max_attempts=self._settings.max_attempts)
+                expired = await self._queue.expire_parked(max_age_seconds=self._settings.max_age)
             except DatabaseError:
                 continue
             for target, state in reaped:
                 log.warning("delivery_lease_expired", target=target, new_state=state)
-                if state == "failed":
-                    self._metrics.failed.labels(target, "lease_lost").inc()
+                if state == "parked":
+                    self._metrics.parked.labels(target, "lease_lost").inc()
+            for target in expired:
+                log.warning("parked_delivery_expired", target=target)
+                self._metrics.ended.labels(target, "expired").inc()
             if reaped:
                 self._wake.set()
 

@@ -9,18 +9,24 @@ Each method borrows a connection, runs the statements of :mod:`pcns.queue.store`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from pcns.database import Database, translated
+from pcns.queue import operations as ops
 from pcns.queue import store
+from pcns.queue.operations import DeliveryFilter, OperatorAction
 from pcns.queue.records import (
     ChangeStatus,
     ClaimedDelivery,
     Committed,
     DeliveryId,
+    DeliveryView,
     NewChange,
     Outcome,
+    TargetHold,
     TargetQueueStats,
 )
 from pcns.queue.retention import Pruned, prune_finished
@@ -74,11 +80,17 @@ class DeliveryQueue:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 return await store.reap_expired_leases(conn, max_attempts=max_attempts)
 
-    async def hold_target(self, target: str, seconds: float) -> int:
-        """Reschedule a target's pending deliveries past ``seconds``; how many were held."""
+    async def postpone_target(self, target: str, seconds: float) -> int:
+        """Reschedule a target's pending deliveries past ``seconds``; how many were moved."""
         with translated():
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                return await store.defer_target(conn, target, seconds)
+                return await store.postpone_target(conn, target, seconds)
+
+    async def expire_parked(self, *, max_age_seconds: float) -> list[str]:
+        """End parked deliveries past ``max_age_seconds`` (ciphertext deleted); their targets."""
+        with translated():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                return await store.expire_parked(conn, max_age_seconds=max_age_seconds)
 
     async def cancel(self, change_id: UUID) -> list[str]:
         """End a change's pending deliveries as ``cancelled``; returns their targets."""
@@ -107,6 +119,96 @@ class DeliveryQueue:
         with translated():
             async with self._pool.acquire(timeout=timeout) as conn:
                 await conn.fetchval("SELECT 1", timeout=timeout)
+
+    # Operators' tools. Each bulk action is recorded in the operators' audit trail in the same
+    # transaction as the rows it changes.
+
+    async def find(
+        self, f: DeliveryFilter, *, limit: int = 50, before: UUID | None = None
+    ) -> list[DeliveryView]:
+        """One page of the deliveries ``f`` selects, newest first (keyset by ``before``)."""
+        with translated():
+            async with self._pool.acquire(timeout=INTAKE_ACQUIRE_TIMEOUT) as conn:
+                return await ops.list_deliveries(conn, f, limit=limit, before=before)
+
+    async def get(self, delivery_id: UUID) -> DeliveryView | None:
+        with translated():
+            async with self._pool.acquire(timeout=INTAKE_ACQUIRE_TIMEOUT) as conn:
+                return await ops.get_delivery(conn, delivery_id)
+
+    async def retry(self, f: DeliveryFilter, *, actor: str, dry_run: bool = False) -> list[str]:
+        """Parked (and backing-off pending) deliveries ``f`` selects become due now; the
+        targets of the rows retried (``dry_run``: would be, nothing changed or recorded)."""
+        return await self._bulk("retry", ops.retry_deliveries, f, actor, dry_run)
+
+    async def cancel_matching(
+        self, f: DeliveryFilter, *, actor: str, dry_run: bool = False
+    ) -> list[str]:
+        """Pending and parked deliveries ``f`` selects end cancelled, ciphertexts deleted."""
+        return await self._bulk("cancel", ops.cancel_deliveries, f, actor, dry_run)
+
+    async def _bulk(
+        self,
+        action: str,
+        run: Callable[[Any, DeliveryFilter], Awaitable[list[str]]],
+        f: DeliveryFilter,
+        actor: str,
+        dry_run: bool,
+    ) -> list[str]:
+        with translated():
+            async with self._pool.acquire(timeout=INTAKE_ACQUIRE_TIMEOUT) as conn:
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    targets = await run(conn, f)
+                    if not dry_run:
+                        await ops.record_action(conn, actor, action, f.as_json(), len(targets))
+                except BaseException:
+                    await tx.rollback()
+                    raise
+                # A dry run is the same statement rolled back: its count is exact.
+                await (tx.rollback() if dry_run else tx.commit())
+        return targets
+
+    async def hold_target(
+        self, target: str, *, actor: str, until: datetime | None, reason: str | None
+    ) -> None:
+        """Hold ``target``: its deliveries wait, not claimed, until :meth:`release_target`."""
+        with translated():
+            async with (
+                self._pool.acquire(timeout=INTAKE_ACQUIRE_TIMEOUT) as conn,
+                conn.transaction(),
+            ):
+                await ops.hold_target(conn, target, actor=actor, until=until, reason=reason)
+                detail: dict[str, Any] = {"target": target}
+                if until is not None:
+                    detail["until"] = until.isoformat()
+                if reason:
+                    detail["reason"] = reason
+                await ops.record_action(conn, actor, "hold", detail, 1)
+
+    async def release_target(self, target: str, *, actor: str) -> bool:
+        """End a hold; False if the target was not held."""
+        with translated():
+            async with (
+                self._pool.acquire(timeout=INTAKE_ACQUIRE_TIMEOUT) as conn,
+                conn.transaction(),
+            ):
+                released = await ops.release_target(conn, target)
+                if released:
+                    await ops.record_action(conn, actor, "release", {"target": target}, 1)
+        return released
+
+    async def holds(self) -> list[TargetHold]:
+        with translated():
+            async with self._pool.acquire(timeout=INTAKE_ACQUIRE_TIMEOUT) as conn:
+                return await ops.target_holds(conn)
+
+    async def operator_actions(self, limit: int = 50) -> list[OperatorAction]:
+        """The operators' audit trail, newest first."""
+        with translated():
+            async with self._pool.acquire(timeout=INTAKE_ACQUIRE_TIMEOUT) as conn:
+                return await ops.operator_actions(conn, limit)
 
     async def listen_for_work(self, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
         """Call ``on_wake`` whenever new work is committed, until ``stop``."""

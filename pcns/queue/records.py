@@ -13,8 +13,20 @@ ChangeId = NewType("ChangeId", UUID)
 DeliveryId = NewType("DeliveryId", UUID)
 
 DeliveryState = Literal[
-    "pending", "in_flight", "delivered", "failed", "superseded", "expired", "cancelled"
+    "pending", "in_flight", "parked", "delivered", "failed", "superseded", "expired", "cancelled"
 ]
+DELIVERY_STATES: tuple[DeliveryState, ...] = (
+    "pending",
+    "in_flight",
+    "parked",
+    "delivered",
+    "failed",
+    "superseded",
+    "expired",
+    "cancelled",
+)
+# Open: the ciphertext is kept. A parked delivery is open but waits for an operator's retry.
+OPEN_STATES: frozenset[DeliveryState] = frozenset({"pending", "in_flight", "parked"})
 TERMINAL_STATES: frozenset[DeliveryState] = frozenset(
     {"delivered", "failed", "superseded", "expired", "cancelled"}
 )
@@ -85,9 +97,11 @@ class ClaimedDelivery:
 
 
 # "deferred": back to pending without counting the attempt (no slot, breaker open, shutdown).
-OutcomeState = Literal["delivered", "failed", "expired", "pending", "deferred"]
+# "parked": kept with its ciphertext for an operator's retry until delivery.max_age.
+OutcomeState = Literal["delivered", "parked", "failed", "expired", "pending", "deferred"]
 # Why, as the metrics count it once the outcome is recorded: "retried" (pending again),
-# "no_slot" and "probe_failed" (deferred), "permanent", "max_attempts", "integrity" (failed).
+# "no_slot" and "probe_failed" (deferred), "permanent", "max_attempts" (parked), "integrity"
+# (failed: a ciphertext that does not open can never be delivered).
 OutcomeReason = Literal[
     "delivered",
     "retried",
@@ -104,8 +118,8 @@ OutcomeReason = Literal[
 class Outcome:
     """How an attempt ended: terminal, or back to ``pending`` after ``delay`` seconds.
 
-    ``hold_target``: the attempt opened the target's circuit breaker, so every pending delivery
-    of the target is held this many seconds once the outcome is recorded.
+    ``postpone_target``: the attempt opened the target's circuit breaker, so every pending
+    delivery of the target is postponed this many seconds once the outcome is recorded.
     """
 
     delivery: ClaimedDelivery
@@ -113,7 +127,7 @@ class Outcome:
     error: str | None = None
     delay: float = 0.0
     reason: OutcomeReason = "delivered"
-    hold_target: float | None = None
+    postpone_target: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +159,36 @@ class TargetQueueStats:
     pending: int
     in_flight: int
     oldest_pending_seconds: float
+    parked: int = 0
+    due: int = 0  # pending and due now (0 while the target is held)
+    held: bool = False
+    hold_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryView:
+    """One delivery as an operator sees it (no ciphertext, no key)."""
+
+    id: DeliveryId
+    change_id: ChangeId
+    target: str
+    account: str
+    state: DeliveryState
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None
+    finished_at: datetime | None
+    source: str
+    user_name: str
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TargetHold:
+    target: str
+    held_at: datetime
+    until: datetime | None
+    actor: str
+    reason: str | None

@@ -168,9 +168,10 @@ UPDATE pcns_deliveries d SET
              ELSE d.due_at END,
     lease_token = NULL,
     lease_until = NULL,
-    nonce = CASE WHEN x.state = 'pending' THEN d.nonce END,
-    ciphertext = CASE WHEN x.state = 'pending' THEN d.ciphertext END,
-    finished_at = CASE WHEN x.state = 'pending' THEN NULL ELSE now() END,
+    -- Kept while the delivery is open (pending again, or parked for an operator's retry).
+    nonce = CASE WHEN x.state IN ('pending', 'parked') THEN d.nonce END,
+    ciphertext = CASE WHEN x.state IN ('pending', 'parked') THEN d.ciphertext END,
+    finished_at = CASE WHEN x.state IN ('pending', 'parked') THEN NULL ELSE now() END,
     updated_at = now()
 FROM (
     SELECT id, token, CASE WHEN state = 'deferred' THEN 'pending' ELSE state END AS state,
@@ -217,15 +218,15 @@ async def complete_deliveries(
     return {DeliveryId(r["id"]): r["age"] for r in rows}
 
 
-_DEFER_TARGET = """
+_POSTPONE_TARGET = """
 UPDATE pcns_deliveries SET due_at = now() + make_interval(secs => $2), updated_at = now()
 WHERE target = $1 AND state = 'pending' AND due_at < now() + make_interval(secs => $2)
 """
 
 
-async def defer_target(conn: asyncpg.Connection, target: str, seconds: float) -> int:
+async def postpone_target(conn: asyncpg.Connection, target: str, seconds: float) -> int:
     """Reschedule a target's pending deliveries past ``seconds`` (breaker open); no attempt used."""
-    done: str = await conn.execute(_DEFER_TARGET, target, seconds)
+    done: str = await conn.execute(_POSTPONE_TARGET, target, seconds)
     return int(done.split()[-1])
 
 
@@ -250,11 +251,8 @@ async def release_deliveries(
 
 _REAP = """
 UPDATE pcns_deliveries SET
-    state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
+    state = CASE WHEN attempts >= $1 THEN 'parked' ELSE 'pending' END,
     last_error = 'worker lost its lease mid-delivery (stopped or crashed)',
-    nonce = CASE WHEN attempts >= $1 THEN NULL ELSE nonce END,
-    ciphertext = CASE WHEN attempts >= $1 THEN NULL ELSE ciphertext END,
-    finished_at = CASE WHEN attempts >= $1 THEN now() END,
     due_at = now(), lease_token = NULL, lease_until = NULL, updated_at = now()
 WHERE state = 'in_flight' AND lease_until < now()
 RETURNING target, state
@@ -264,16 +262,33 @@ RETURNING target, state
 async def reap_expired_leases(
     conn: asyncpg.Connection, *, max_attempts: int
 ) -> list[tuple[str, str]]:
-    """Return deliveries whose worker died to the queue; (target, new state) for each."""
+    """Return deliveries whose worker died to the queue, or park them when that was their last
+    attempt; (target, new state) for each."""
     rows = await conn.fetch(_REAP, max_attempts)
     return [(r["target"], r["state"]) for r in rows]
+
+
+_EXPIRE_PARKED = """
+UPDATE pcns_deliveries SET
+    state = 'expired', nonce = NULL, ciphertext = NULL, finished_at = now(), updated_at = now(),
+    last_error = left(coalesce(last_error, '') || ' (parked until delivery.max_age)', 1100)
+WHERE state = 'parked' AND created_at < now() - make_interval(secs => $1)
+RETURNING target
+"""
+
+
+async def expire_parked(conn: asyncpg.Connection, *, max_age_seconds: float) -> list[str]:
+    """End parked deliveries older than ``max_age_seconds`` as ``expired``, deleting their
+    ciphertexts in the same statement; returns their targets."""
+    rows = await conn.fetch(_EXPIRE_PARKED, max_age_seconds)
+    return [r["target"] for r in rows]
 
 
 _CANCEL = """
 UPDATE pcns_deliveries SET
     state = 'cancelled', nonce = NULL, ciphertext = NULL, finished_at = now(), updated_at = now(),
     last_error = 'cancelled by an operator'
-WHERE change_id = $1 AND state = 'pending'
+WHERE change_id = $1 AND state IN ('pending', 'parked')
 RETURNING target
 """
 
@@ -312,24 +327,41 @@ SELECT target, 'pending' AS state, count(*) AS n,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest
 FROM pcns_deliveries WHERE state = 'pending' GROUP BY target
 UNION ALL
+SELECT target, 'due', count(*), 0::float8
+FROM pcns_deliveries WHERE state = 'pending' AND due_at <= now() GROUP BY target
+UNION ALL
 SELECT target, 'in_flight', count(*), 0::float8
 FROM pcns_deliveries WHERE state = 'in_flight' GROUP BY target
+UNION ALL
+SELECT target, 'parked', count(*), 0::float8
+FROM pcns_deliveries WHERE state = 'parked' GROUP BY target
 """
 
 
 async def queue_stats(conn: asyncpg.Connection) -> list[TargetQueueStats]:
-    """Open deliveries per target; each branch reads only its partial index's rows, so the cost
-    follows the queue's depth, not the table's history."""
-    pending: dict[str, tuple[int, float]] = {}
-    in_flight: dict[str, int] = {}
+    """Open deliveries per target, and the targets' holds; each branch reads only its partial
+    index's rows, so the cost follows the queue's depth, not the table's history."""
+    counts: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
     for r in await conn.fetch(_QUEUE_STATS):
-        if r["state"] == "pending":
-            pending[r["target"]] = (r["n"], r["oldest"])
-        else:
-            in_flight[r["target"]] = r["n"]
-    return [
-        TargetQueueStats(
-            t, pending.get(t, (0, 0.0))[0], in_flight.get(t, 0), pending.get(t, (0, 0.0))[1]
+        counts[r["target"]][r["state"]] = (r["n"], r["oldest"])
+    holds = {r["target"]: r["until"] for r in await conn.fetch(_HOLDS)}
+    out = []
+    for t in sorted(set(counts) | set(holds)):
+        c = counts.get(t, {})
+        held = t in holds
+        out.append(
+            TargetQueueStats(
+                t,
+                pending=c.get("pending", (0, 0.0))[0],
+                in_flight=c.get("in_flight", (0, 0.0))[0],
+                oldest_pending_seconds=c.get("pending", (0, 0.0))[1],
+                parked=c.get("parked", (0, 0.0))[0],
+                due=0 if held else c.get("due", (0, 0.0))[0],
+                held=held,
+                hold_until=holds.get(t),
+            )
         )
-        for t in sorted(set(pending) | set(in_flight))
-    ]
+    return out
+
+
+_HOLDS = "SELECT target, until FROM pcns_target_holds"

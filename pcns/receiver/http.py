@@ -3,51 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pcns.errors import DatabaseError, DatabaseUnavailable
-from pcns.metrics import Metrics
-from pcns.queue.deliveries import DeliveryQueue
-from pcns.queue.records import ChangeStatus
-from pcns.receiver.committer import GroupCommitter
+from pcns.receiver.admin import add_admin_routes
+from pcns.receiver.context import CONTEXT, RETRY_AFTER_SECONDS, ReceiverContext
 from pcns.receiver.intake import build_change, change_password
 from pcns.receiver.models import BodyRejected, parse_change
 from pcns.receiver.problems import problem
 from pcns.receiver.signature import SignatureRejected, verify
-from pcns.routing import Router
-from vault import HookKeyring, Keyring
 
 log = structlog.get_logger(__name__)
 
-RETRY_AFTER_SECONDS = "5"
-
-
-@dataclass(frozen=True)
-class ReceiverContext:
-    """Everything the handlers need, built by the composition root."""
-
-    queue: DeliveryQueue
-    keys: Keyring
-    hook_keys: HookKeyring
-    router: Router
-    sources: Mapping[str, bytes]
-    sealed_sources: frozenset[str]
-    admin_token: str | None
-    metrics: Metrics
-    max_body_bytes: int
-    timestamp_tolerance: float
-    committer: GroupCommitter | None
-
-
-CONTEXT = web.AppKey("pcns_context", ReceiverContext)
 # Bound once per application: the per-request line is on the hot path.
 REQUEST_LOG = web.AppKey("pcns_request_log", structlog.typing.FilteringBoundLogger)
 SOURCE = web.RequestKey("pcns_source", str)
@@ -183,83 +155,6 @@ async def post_password_change(request: web.Request) -> web.StreamResponse:
     return web.Response(status=202, body=committed.response.encode(), headers=_JSON)
 
 
-def _status_json(status: ChangeStatus) -> dict[str, object]:
-    def ts(value: object) -> object:
-        return value.isoformat() if hasattr(value, "isoformat") else value
-
-    return {
-        "id": str(status.id),
-        "source": status.source,
-        "user": status.user,
-        "domain": status.domain,
-        "received_at": ts(status.received_at),
-        "deliveries": [
-            {
-                "target": d.target,
-                "account": d.account,
-                "state": d.state,
-                "attempts": d.attempts,
-                "last_error": d.last_error,
-                "created_at": ts(d.created_at),
-                "updated_at": ts(d.updated_at),
-                "next_attempt_at": ts(d.next_attempt_at),
-                "finished_at": ts(d.finished_at),
-            }
-            for d in status.deliveries
-        ],
-    }
-
-
-def _admin_ok(ctx: ReceiverContext, request: web.Request) -> bool:
-    given = request.headers.get("Authorization", "")
-    if ctx.admin_token is None or not given.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(given[7:].encode(), ctx.admin_token.encode())
-
-
-async def get_password_change(request: web.Request) -> web.StreamResponse:
-    """Per-target state of one change (admin token)."""
-    return await _admin_change_call(request, cancel=False)
-
-
-async def cancel_password_change(request: web.Request) -> web.StreamResponse:
-    """Cancel the change's pending deliveries (admin token): they end ``cancelled`` and their
-    ciphertexts are deleted. A delivery already in flight finishes; delivered ones stay."""
-    return await _admin_change_call(request, cancel=True)
-
-
-async def _admin_change_call(request: web.Request, *, cancel: bool) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    if not _admin_ok(ctx, request):
-        return problem(
-            401,
-            "admin-token",
-            "Unauthorized",
-            "a valid admin bearer token is required",
-            headers={"WWW-Authenticate": 'Bearer realm="pcns"'},
-        )
-    try:
-        change_id = uuid.UUID(request.match_info["id"])
-    except ValueError:
-        return problem(404, "not-found", "Not Found", "no change with that id")
-    try:
-        if cancel:
-            for target in await ctx.queue.cancel(change_id):
-                ctx.metrics.ended.labels(target, "cancelled").inc()
-        status = await ctx.queue.status(change_id)
-    except DatabaseError:
-        return problem(
-            503,
-            "database-unavailable",
-            "Service Unavailable",
-            "database unavailable",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
-    if status is None:
-        return problem(404, "not-found", "Not Found", "no change with that id")
-    return web.json_response(_status_json(status))
-
-
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
@@ -323,5 +218,4 @@ def add_routes(app: web.Application, *, receiver: bool) -> None:
     app.router.add_get("/metrics", metrics_endpoint)
     if receiver:
         app.router.add_post("/v1/password-changes", post_password_change)
-        app.router.add_get("/v1/password-changes/{id}", get_password_change)
-        app.router.add_delete("/v1/password-changes/{id}", cancel_password_change)
+        add_admin_routes(app)

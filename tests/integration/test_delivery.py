@@ -123,29 +123,32 @@ async def test_transient_failures_retry_until_the_target_is_back(
     assert verifies(await app.stored_hash("alice"), "Retry-Me-1")
 
 
-async def test_permanent_error_fails_at_once(tmp_path: Path, db_url: str, app: App) -> None:
-    """An account the application does not have fails on the first attempt, with the reason."""
+async def test_permanent_error_parks_at_once(tmp_path: Path, db_url: str, app: App) -> None:
+    """An account the application does not have is parked on the first attempt, with the
+    reason, its ciphertext kept for an operator's retry."""
     async with service_with(tmp_path, db_url, app) as (files, client):
         _, body = await client.send("mallory", "Whatever-1")
-        assert await wait_terminal(client, body["id"]) == {"erp": "failed"}
+        assert await wait_terminal(client, body["id"]) == {"erp": "parked"}
         row = await delivery_row(files, body["id"])
         status = await client.status(body["id"])
     assert row["attempts"] == 1
     assert "account not found" in row["last_error"]
     assert status["deliveries"][0]["last_error"] == row["last_error"]
-    assert row["ciphertext"] is None
+    assert row["ciphertext"] is not None
+    assert row["finished_at"] is None
 
 
-async def test_max_attempts_then_failed(tmp_path: Path, db_url: str, app: App) -> None:
-    """A target that stays down gets exactly max_attempts attempts, then the delivery fails."""
+async def test_max_attempts_then_parked(tmp_path: Path, db_url: str, app: App) -> None:
+    """A target that stays down gets exactly max_attempts attempts, then the delivery is parked
+    (not attempted again, its ciphertext kept for an operator's retry)."""
     app.proxy.cut()
     async with service_with(tmp_path, db_url, app, max_attempts=3) as (files, client):
         _, body = await client.send("alice", "Never-1")
-        assert await wait_terminal(client, body["id"]) == {"erp": "failed"}
+        assert await wait_terminal(client, body["id"]) == {"erp": "parked"}
         row = await delivery_row(files, body["id"])
     assert row["attempts"] == 3
     assert "gave up after 3 attempts" in row["last_error"]
-    assert row["ciphertext"] is None
+    assert row["ciphertext"] is not None
     assert await app.stored_hash("alice") is None
 
 

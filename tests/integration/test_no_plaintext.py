@@ -95,7 +95,7 @@ async def test_sentinel_never_leaks(
                 for d in (await client.status(ch["id"]))["deliveries"]
                 if d["target"] == "wiki"
             ]
-            return states == ["delivered", "failed"]
+            return states == ["delivered", "parked"]
 
         await eventually(settled)
         for ch in (ok[1], failed[1]):

@@ -256,6 +256,7 @@ _VARIABLES = {
     "v_row.id": "uuid",
     "v_targets": "text[]",
     "v_accounts": "text[]",
+    "v_held": "text[]",
     "p_limit": "integer",
     "p_lease_token": "uuid",
     "p_lease_seconds": "float8",
@@ -312,6 +313,7 @@ async def claim_arguments(conn: asyncpg.Connection) -> dict[str, str]:
         "v_row.id": due[0]["id"],
         "v_targets": [r["target"] for r in due],
         "v_accounts": [r["account"] for r in due],
+        "v_held": ["held-target"],
         "p_limit": CLAIM_BATCH,
         "p_lease_token": uuid.uuid4(),
         "p_lease_seconds": 60.0,
@@ -502,7 +504,14 @@ async def test_an_or_that_defeats_the_index_is_caught(
     if what == "walk":
         walk = claim_statements(await claim_function_source(conn))["walk"]
         assert good in walk.sql
-        plan = await explain(conn, walk.sql.replace(good, bad), mode=MODES[0])
+        args = await claim_arguments(conn)
+        plan = await explain(
+            conn,
+            walk.sql.replace(good, bad),
+            [args[v] for v in walk.variables],
+            mode=MODES[0],
+            types=walk.types,
+        )
         with pytest.raises(AssertionError, match="claim walk"):
             assert_walks_claim_index(plan, indexes)
     else:

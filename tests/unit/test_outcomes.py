@@ -40,7 +40,7 @@ def delivery(*, attempts: int = 1, age: float = 10.0) -> ClaimedDelivery:
 def test_accepted_is_delivered() -> None:
     """No failure: the delivery ends delivered, nothing held."""
     out = decide(delivery(), None, NO_BREAKER, POLICY)
-    assert (out.state, out.reason, out.error, out.hold_target) == (
+    assert (out.state, out.reason, out.error, out.postpone_target) == (
         "delivered",
         "delivered",
         None,
@@ -48,14 +48,15 @@ def test_accepted_is_delivered() -> None:
     )
 
 
-def test_permanent_failure_ends_failed_with_the_adapters_reason() -> None:
-    """A PermanentError ends the delivery failed at once, whatever the attempt count."""
+def test_permanent_failure_parks_with_the_adapters_reason() -> None:
+    """A PermanentError parks the delivery at once (kept for an operator's retry), whatever the
+    attempt count."""
     out = decide(delivery(attempts=1), Failure("permanent", "no such user"), NO_BREAKER, POLICY)
-    assert (out.state, out.reason, out.error) == ("failed", "permanent", "no such user")
+    assert (out.state, out.reason, out.error) == ("parked", "permanent", "no such user")
 
 
 def test_integrity_failure_ends_failed_and_says_integrity() -> None:
-    """A ciphertext that fails authentication is never retried."""
+    """A ciphertext that fails authentication is never retried nor parked: it ends failed."""
     out = decide(delivery(), Failure("integrity", "tag mismatch"), NO_BREAKER, POLICY)
     assert (out.state, out.reason, out.error) == ("failed", "integrity", "integrity: tag mismatch")
 
@@ -76,10 +77,10 @@ def test_retry_after_is_honoured() -> None:
     assert out.delay >= 30.0
 
 
-def test_last_attempt_gives_up() -> None:
-    """The attempt numbered max_attempts ends failed with reason max_attempts."""
+def test_last_attempt_parks() -> None:
+    """After the attempt numbered max_attempts the delivery is parked, reason max_attempts."""
     out = decide(delivery(attempts=5), Failure("timeout", "attempt timed out"), NO_BREAKER, POLICY)
-    assert (out.state, out.reason) == ("failed", "max_attempts")
+    assert (out.state, out.reason) == ("parked", "max_attempts")
     assert out.error == "attempt timed out (gave up after 5 attempts)"
 
 
@@ -110,7 +111,7 @@ def test_the_failure_that_opens_the_breaker_holds_the_target() -> None:
     asks for the target's pending deliveries to be held as long."""
     view = BreakerView(opened=True, cooldown=45.0)
     out = decide(delivery(attempts=1), Failure("transient", "down"), view, POLICY)
-    assert (out.state, out.reason, out.hold_target) == ("pending", "retried", 45.0)
+    assert (out.state, out.reason, out.postpone_target) == ("pending", "retried", 45.0)
     assert out.delay >= 45.0
 
 
@@ -119,7 +120,7 @@ def test_a_failed_probe_costs_no_attempt() -> None:
     target down for hours cannot exhaust max_attempts."""
     view = BreakerView(opened=True, probe=True, cooldown=45.0)
     out = decide(delivery(attempts=5), Failure("transient", "down"), view, POLICY)
-    assert (out.state, out.reason, out.delay, out.hold_target) == (
+    assert (out.state, out.reason, out.delay, out.postpone_target) == (
         "deferred",
         "probe_failed",
         45.0,
@@ -132,7 +133,7 @@ def test_a_failed_probe_past_max_age_expires() -> None:
     """A probe failing when the cool-down would pass max_age ends the delivery expired."""
     view = BreakerView(opened=True, probe=True, cooldown=45.0)
     out = decide(delivery(age=3590.0), Failure("transient", "down"), view, POLICY)
-    assert (out.state, out.reason, out.hold_target) == ("expired", "expired", 45.0)
+    assert (out.state, out.reason, out.postpone_target) == ("expired", "expired", 45.0)
     assert out.error == "down (target still down at max_age)"
 
 

@@ -1,0 +1,36 @@
+"""What every handler needs, built by the composition root and kept in one ``web.AppKey``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from pcns.metrics import Metrics
+from pcns.queue.deliveries import DeliveryQueue
+from pcns.receiver.committer import GroupCommitter
+from pcns.routing import Router
+from vault import HookKeyring, Keyring
+
+
+@dataclass(frozen=True)
+class ReceiverContext:
+    """Everything the handlers need, built by the composition root."""
+
+    queue: DeliveryQueue
+    keys: Keyring
+    hook_keys: HookKeyring
+    router: Router
+    sources: Mapping[str, bytes]
+    sealed_sources: frozenset[str]
+    admin_token: str | None
+    metrics: Metrics
+    max_body_bytes: int
+    timestamp_tolerance: float
+    committer: GroupCommitter | None
+    target_names: frozenset[str] = frozenset()  # the configured targets (holds name one)
+
+
+CONTEXT = web.AppKey("pcns_context", ReceiverContext)
+RETRY_AFTER_SECONDS = "5"
