@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from pcns.config import Role, ServerSettings, Settings, TargetConfig
+from pcns.config import Role, ServerSettings, Settings, load_settings
 from pcns.config_check import adapter_settings
 from pcns.database import Database, create_pool, database_url
-from pcns.delivery.protection import Protection, TargetGuard
+from pcns.delivery.protection import TargetGuard
 from pcns.delivery.worker import DeliveryWorker
 from pcns.errors import ConfigError
+from pcns.health import TargetHealth
 from pcns.keys.manager import KeyManager
 from pcns.metrics import Metrics
 from pcns.queue.deliveries import DeliveryQueue
@@ -33,6 +35,7 @@ from pcns.queue.upkeep import observe_queue, prune_history
 from pcns.receiver.committer import GroupCommitter
 from pcns.receiver.context import CONTEXT, ReceiverContext
 from pcns.receiver.http import add_routes, problem_middleware
+from pcns.reload import Reloader, protection_of
 from pcns.routing import Router
 from pcns.secret_files import read_private_file, read_webhook_secret
 from targets.base import Target, load_target_types
@@ -58,6 +61,13 @@ def build_targets(settings: Settings) -> dict[str, Target]:
     return {cfg.name: types[cfg.type](cfg.name, validated[cfg.name]) for cfg in settings.targets}
 
 
+def validate_target_settings(settings: Settings) -> None:
+    """Every ``[[targets]]`` table checked against its adapter's model, nothing constructed."""
+    _, problems = adapter_settings(settings)
+    if problems:
+        raise ConfigError("; ".join(str(p) for p in problems))
+
+
 @asynccontextmanager
 async def configured_targets(settings: Settings) -> AsyncIterator[dict[str, Target]]:
     """Every configured target, built; each one closed when the block ends."""
@@ -67,15 +77,6 @@ async def configured_targets(settings: Settings) -> AsyncIterator[dict[str, Targ
     finally:
         for adapter in built.values():
             await adapter.close()
-
-
-def protection_of(target: TargetConfig) -> Protection:
-    return Protection(
-        max_concurrency=target.max_concurrency,
-        rate_limit=target.rate_limit,
-        breaker_threshold=target.breaker_threshold,
-        breaker_cooldown=target.breaker_cooldown,
-    )
 
 
 def build_kek(settings: Settings) -> KekProvider:
@@ -143,6 +144,20 @@ class RunningService:
     queue: DeliveryQueue
     key_store: KeyStore
     metrics: Metrics
+    reloader: Reloader
+
+    async def reload(self, settings: Settings) -> bool:
+        """Apply a re-read configuration (see :mod:`pcns.reload`); False when refused."""
+        return await self.reloader.reload(settings)
+
+    async def reload_from(self, path: Path) -> bool:
+        """``SIGHUP``: read ``path`` again and apply it; a bad file is refused, logged."""
+        try:
+            settings = load_settings(path)
+        except ConfigError as exc:
+            log.error("config_reload_refused", reason=str(exc))
+            return False
+        return await self.reload(settings)
 
 
 @asynccontextmanager
@@ -163,8 +178,16 @@ async def running_service(
     async with AsyncExitStack() as stack:
         stack.push_async_callback(kek.close)
         targets: dict[str, Target] = {}
+        health = TargetHealth([t.name for t in settings.targets]) if worker else None
+        reloader = Reloader(settings=settings, build_targets=build_targets, build_kek=build_kek)
+        stack.push_async_callback(reloader.close)
         if worker:
-            targets = await stack.enter_async_context(configured_targets(settings))
+            reloader.targets = targets = build_targets(settings)
+            # The adapters running at exit: a reload may have replaced some.
+            stack.push_async_callback(_close_targets, reloader)
+        else:
+            # A receiver builds no target, but refuses the same tables a worker would.
+            validate_target_settings(settings)
         db = await stack.enter_async_context(open_database(settings))
         queue, key_store = DeliveryQueue(db), KeyStore(db)
         keys = await stack.enter_async_context(
@@ -177,8 +200,9 @@ async def running_service(
                 hook_keys=receiver,  # only a receiver opens sealed changes
             )
         )
+        delivery_worker: DeliveryWorker | None = None
         if worker:
-            await stack.enter_async_context(
+            delivery_worker = await stack.enter_async_context(
                 DeliveryWorker(
                     queue=queue,
                     keys=keys,
@@ -188,8 +212,11 @@ async def running_service(
                     },
                     settings=settings.delivery,
                     metrics=metrics,
+                    health=health,
                 )
             )
+            assert health is not None
+            _background(stack, health.check_all(targets))
             if settings.database.retention is not None:
                 _background(stack, prune_history(queue, metrics, settings.database.retention, stop))
         committer = None
@@ -199,7 +226,8 @@ async def running_service(
                     queue, max_batch=settings.server.commit_batch, flushers=COMMIT_FLUSHERS
                 )
             )
-        target_names: Sequence[str] = [t.name for t in settings.targets]
+        # One list, shared with the reloader: the gauges follow a reload's targets.
+        target_names = reloader.target_names = [t.name for t in settings.targets]
         _background(
             stack, observe_queue(queue, key_store, metrics, target_names, keys.keyring, stop)
         )
@@ -217,6 +245,7 @@ async def running_service(
             timestamp_tolerance=settings.server.timestamp_tolerance,
             committer=committer,
             target_names=frozenset(target_names),
+            target_health=health,
         )
         add_routes(app, receiver=receiver)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
@@ -234,7 +263,13 @@ async def running_service(
         scheme = "https" if tls else "http"
         public = f"{scheme}://{settings.server.listen}"
         log.info("service_started", listen=public, role=role, targets=sorted(targets))
-        yield RunningService(url=public, queue=queue, key_store=key_store, metrics=metrics)
+        reloader.keys = keys
+        reloader.context = app[CONTEXT] if receiver else None
+        reloader.worker = delivery_worker
+        reloader.health = health
+        yield RunningService(
+            url=public, queue=queue, key_store=key_store, metrics=metrics, reloader=reloader
+        )
         stop.set()
         log.info("service_stopping", role=role)
 
@@ -242,6 +277,11 @@ async def running_service(
 def _background(stack: AsyncExitStack, coro: Coroutine[object, object, None]) -> None:
     """Run ``coro`` until the stack unwinds, then cancel it."""
     stack.push_async_callback(_cancel, asyncio.create_task(coro))
+
+
+async def _close_targets(reloader: Reloader) -> None:
+    for adapter in reloader.targets.values():
+        await adapter.close()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -6,12 +6,16 @@ import argparse
 import asyncio
 import signal
 
+import structlog
+
 from pcns.app import RunningService, run_service
 from pcns.config import Settings, load_settings
 from pcns.secret_files import new_admin_token, new_webhook_secret, write_private_file
 from vault import create_keyring_file
 
 EXIT_OK = 0
+
+log = structlog.get_logger(__name__)
 
 
 def _init_files(settings: Settings) -> None:
@@ -55,7 +59,24 @@ def serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_service(settings, role=args.role, stop=stop, on_started=started)
+        # SIGHUP would end the process by default: until the service is up it is ignored.
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("reload_ignored_while_starting"))
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_started(service: RunningService) -> None:
+            def reload() -> None:
+                log.info("config_reload_requested", config=str(args.config))
+                task = asyncio.create_task(service.reload_from(args.config))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
+            started(service)
+
+        await run_service(settings, role=args.role, stop=stop, on_started=on_started)
+        for task in reloads:  # a reload still running when the service stopped has no service
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
 
     asyncio.run(run())
     return EXIT_OK

@@ -12,6 +12,7 @@ from typing import assert_never
 import structlog
 
 from pcns.errors import DatabaseError, DatabaseUnavailable
+from pcns.health import TargetHealth
 from pcns.metrics import Metrics
 from pcns.queue.deliveries import DeliveryQueue
 from pcns.queue.records import DeliveryId, Outcome
@@ -25,9 +26,14 @@ class Completer:
     """Collects outcomes and records them; keeps retrying while the database is away."""
 
     def __init__(
-        self, queue: DeliveryQueue, metrics: Metrics, on_recorded: Callable[[], None]
+        self,
+        queue: DeliveryQueue,
+        metrics: Metrics,
+        on_recorded: Callable[[], None],
+        health: TargetHealth | None = None,
     ) -> None:
         self._queue = queue
+        self._health = health
         self._metrics = metrics
         self._on_recorded = on_recorded
         self._pending: list[Outcome] = []
@@ -122,6 +128,8 @@ class Completer:
                 m.child(m.delivered, target).inc()
                 m.child(m.latency, target).observe(age)
                 m.child(m.last_success, target).set(time.time())
+                if self._health is not None:
+                    self._health.record(target, ok=True)
             case "retried":
                 m.child(m.retried, target).inc()
             case "no_slot":
@@ -130,6 +138,8 @@ class Completer:
                 pass  # a deferral the breaker's probe caused: neither an attempt nor a slot miss
             case "permanent" | "max_attempts":
                 m.parked.labels(target, outcome.reason).inc()
+                if self._health is not None:
+                    self._health.record(target, ok=False, detail=outcome.error or outcome.reason)
             case "integrity":
                 m.failed.labels(target, "integrity").inc()
                 m.integrity_failures.labels(target).inc()

@@ -30,8 +30,9 @@ FailureKind = Literal[
     "adapter_bug",  # the adapter raised something else
 ]
 _TRANSIENT: frozenset[FailureKind] = frozenset(
-    {"not_configured", "key_unavailable", "transient", "timeout", "adapter_bug"}
+    {"key_unavailable", "transient", "timeout", "adapter_bug"}
 )
+NOT_CONFIGURED_WAIT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,12 @@ def decide(
         case "no_slot":
             delay = breaker.cooldown if breaker.is_open else 1.0
             return Outcome(d, "deferred", failure.reason, delay, reason="no_slot")
-        case "not_configured" | "key_unavailable" | "transient" | "timeout" | "adapter_bug":
+        case "not_configured":
+            # A target this worker does not have (removed by a reload, or configured on other
+            # workers only): the delivery stays queued and visible, no attempt used, until it
+            # is configured again or delivery.max_age ends it.
+            return Outcome(d, "deferred", failure.reason, NOT_CONFIGURED_WAIT, reason="no_slot")
+        case "key_unavailable" | "transient" | "timeout" | "adapter_bug":
             return _after_transient(d, failure, breaker, policy, rng)
         case kind:
             assert_never(kind)

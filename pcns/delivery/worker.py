@@ -20,6 +20,7 @@ from pcns.delivery.outcomes import NO_BREAKER, BreakerView, DeliveryPolicy, Fail
 from pcns.delivery.protection import NoSlot, TargetGuard
 from pcns.delivery.retry import RetryPolicy
 from pcns.errors import DatabaseError
+from pcns.health import TargetHealth
 from pcns.keys.manager import KeyManager
 from pcns.metrics import Metrics
 from pcns.queue.deliveries import DeliveryQueue
@@ -43,6 +44,7 @@ class DeliveryWorker:
         guards: Mapping[str, TargetGuard],
         settings: DeliverySettings,
         metrics: Metrics,
+        health: TargetHealth | None = None,
     ) -> None:
         self._queue = queue
         self._keys = keys
@@ -59,12 +61,37 @@ class DeliveryWorker:
             max_age=settings.max_age,
         )
         self._inflight: dict[DeliveryId, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
+        self._using: dict[DeliveryId, Target] = {}  # the adapter each attempt runs on
         self._reserved = 0  # slots promised to claims still on their way back
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
-        self._completer = Completer(queue, metrics, self._wake.set)
+        self._completer = Completer(queue, metrics, self._wake.set, health)
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def guards(self) -> Mapping[str, TargetGuard]:
+        return self._guards
+
+    def apply(
+        self,
+        *,
+        targets: Mapping[str, Target],
+        guards: Mapping[str, TargetGuard],
+        settings: DeliverySettings,
+    ) -> None:
+        """A reloaded configuration: attempts from now on use these; those in flight finish on
+        the adapter they started with."""
+        self._targets, self._guards, self._settings = targets, guards, settings
+        self._slot_wait = max(1.0, settings.lease - settings.attempt_timeout - 5.0)
+        self._policy = DeliveryPolicy(
+            RetryPolicy(settings.max_attempts, settings.backoff_initial, settings.backoff_max),
+            max_age=settings.max_age,
+        )
+
+    def attempts_using(self, adapter: Target) -> int:
+        """How many attempts in flight run on ``adapter``."""
+        return sum(1 for used in self._using.values() if used is adapter)
 
     async def __aenter__(self) -> DeliveryWorker:
         self._task = asyncio.create_task(self.run(self._stop), name="pcns-worker")
@@ -165,6 +192,15 @@ class DeliveryWorker:
             reason = f"target {d.target!r} is not configured on this worker"
             return Failure("not_configured", reason), NO_BREAKER
         guard = self._guards[d.target]  # every configured target has one
+        self._using[d.id] = adapter
+        try:
+            return await self._deliver_to(d, adapter, guard)
+        finally:
+            del self._using[d.id]
+
+    async def _deliver_to(
+        self, d: ClaimedDelivery, adapter: Target, guard: TargetGuard
+    ) -> tuple[Failure | None, BreakerView]:
         try:
             await self._keys.ensure(d.sealed.key_id)
         except (KekError, DatabaseError) as exc:

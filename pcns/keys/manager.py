@@ -59,6 +59,12 @@ class KeyManager:
     def __repr__(self) -> str:
         return f"KeyManager(kek={self.kek.name!r}, keyring={self.keyring!r})"
 
+    def replace_kek(self, kek: KekProvider, settings: VaultSettings) -> KekProvider:
+        """Use a KEK built again from a reloaded configuration; returns the old one to close.
+        Keys already unwrapped stay as they are; new ones are unwrapped with ``kek``."""
+        old, self.kek, self._settings = self.kek, kek, settings
+        return old
+
     async def __aenter__(self) -> KeyManager:
         await self.load()
         self._task = asyncio.create_task(self._run(), name="pcns-keys")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from pcns.health import TargetHealth
 from pcns.metrics import Metrics
 from pcns.queue.deliveries import DeliveryQueue
 from pcns.receiver.committer import GroupCommitter
@@ -14,9 +15,11 @@ from pcns.routing import Router
 from vault import HookKeyring, Keyring
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReceiverContext:
-    """Everything the handlers need, built by the composition root."""
+    """Everything the handlers need, built by the composition root. Not frozen: a reload
+    (``SIGHUP``, :mod:`pcns.reload`) replaces the routing, sources and limits in place; each
+    request reads them once, so it sees one configuration or the other."""
 
     queue: DeliveryQueue
     keys: Keyring
@@ -30,6 +33,7 @@ class ReceiverContext:
     timestamp_tolerance: float
     committer: GroupCommitter | None
     target_names: frozenset[str] = frozenset()  # the configured targets (holds name one)
+    target_health: TargetHealth | None = None  # a worker's view of its targets (/readyz)
 
 
 CONTEXT = web.AppKey("pcns_context", ReceiverContext)

@@ -171,10 +171,11 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         ctx.metrics.database_up.set(0)
     checks["keyring"] = "ok" if ctx.keys.primary_id is not None else "unavailable"
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+    if ctx.target_health is not None:
+        # Reported, not counted: a failing application is not fixed by restarting pcns.
+        body["targets"] = ctx.target_health.report()
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.StreamResponse:

@@ -21,7 +21,7 @@ from pcns.queue.records import ChangeId, ClaimedDelivery, DeliveryId, OutcomeRea
 from vault import Sealed
 
 POLICY = DeliveryPolicy(RetryPolicy(max_attempts=5, initial=2.0, maximum=60.0), max_age=3600.0)
-TRANSIENT_KINDS = ("not_configured", "key_unavailable", "transient", "timeout", "adapter_bug")
+TRANSIENT_KINDS = ("key_unavailable", "transient", "timeout", "adapter_bug")
 
 
 def delivery(*, attempts: int = 1, age: float = 10.0) -> ClaimedDelivery:
@@ -93,6 +93,14 @@ def test_a_retry_past_max_age_expires() -> None:
     assert "max_age" in (out.error or "")
 
 
+def test_an_unconfigured_target_waits_without_using_an_attempt() -> None:
+    """A delivery for a target this worker does not have (removed by a reload) goes back to
+    the queue for a minute, its attempt not counted, whatever the count so far."""
+    failure = Failure("not_configured", "target 'old' is not configured on this worker")
+    out = decide(delivery(attempts=5), failure, NO_BREAKER, POLICY)
+    assert (out.state, out.reason, out.delay) == ("deferred", "no_slot", 60.0)
+
+
 def test_no_slot_defers_without_using_the_attempt() -> None:
     """No slot or rate token: deferred a second (the attempt is not counted)."""
     out = decide(delivery(), Failure("no_slot", "at its cap"), NO_BREAKER, POLICY)
@@ -141,7 +149,7 @@ def test_every_failure_kind_and_reason_is_covered() -> None:
     """Each failure kind has a decision, and together the tests above meet every reason the
     completer counts."""
     kinds = set(get_args(FailureKind))
-    assert kinds == {"integrity", "permanent", "no_slot", *TRANSIENT_KINDS}
+    assert kinds == {"integrity", "permanent", "no_slot", "not_configured", *TRANSIENT_KINDS}
     reasons = set()
     for kind in kinds:
         for view in (NO_BREAKER, BreakerView(opened=True, probe=True, cooldown=1.0)):
