@@ -1,4 +1,4 @@
-"""``pcns``: serve, db, keys, hook, targets, notify, status, cancel.
+"""``pcns``: serve, db, keys, hook, targets, notify, status, cancel, deliveries, audit.
 
 This package is the CLI layer: it parses arguments, calls the composition root
 (:mod:`pcns.app`) or a client, and prints. Each command's module is imported only when that
@@ -39,6 +39,12 @@ def _run(args: argparse.Namespace) -> int:
         from pcns.cli.serve import serve
 
         return serve(args)
+    if args.command in ("deliveries", "audit") or (
+        args.command == "targets" and args.targets_command != "check"
+    ):
+        from pcns.cli import operators
+
+        return asyncio.run(operators.run(args))
     if args.command in ("db", "targets"):
         from pcns.cli import db
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pcns import __version__
 from pcns.cli.config import add_config_parser
+from pcns.cli.operators import add_operator_parsers
 from pcns.hooks import cli as hooks_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pcns", description="Password change notification service")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"pcns {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the receiver and/or delivery workers")
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("name", nargs="*", help="target names (default: all)")
     check.add_argument("--config", type=Path, required=True)
+    add_operator_parsers(sub, targets_sub)  # deliveries, audit; targets hold, release, holds
 
     notify = sub.add_parser(
         "notify", help="sign and send one password change; the password is read from stdin"

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -265,16 +266,21 @@ async def send_unsigned(client: Client) -> None:
     assert status == 401
 
 
-async def retry_parked(files: ServiceFiles, session: aiohttp.ClientSession, target: str) -> None:
-    """Send the parked deliveries of ``target`` back to the queue."""
-    # PROVISIONAL (issue 11): written against the admin API before `pcns deliveries retry
-    # --target T` lands; once it does, run that command here instead (exit 0 expected).
-    async with session.post(
-        files.url + "/v1/deliveries/retry",
-        json={"target": target},
-        headers={"Authorization": f"Bearer {files.admin_token}"},
-    ) as resp:
-        assert 200 <= resp.status < 300, f"{resp.status} {await resp.text()}"
+async def retry_parked(files: ServiceFiles, target: str) -> None:
+    """Send the parked deliveries of ``target`` back to the queue as an operator does, with
+    `pcns deliveries retry --target T --yes` (the installed executable)."""
+    pcns = Path(sys.executable).with_name("pcns")
+    argv = [str(pcns), "deliveries", "retry", "--target", target, "--yes"]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*argv, "--config", str(files.write_config())],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("retried "), done.stdout
 
 
 def test_runbook_urls_point_at_headings_of_the_operations_guide() -> None:
@@ -443,7 +449,7 @@ async def test_a_parked_delivery_fires_its_alert_until_it_is_retried(
         )
 
         broken.unlink()
-        await retry_parked(files, session, "app")
+        await retry_parked(files, "app")
 
         async def app_delivered() -> bool:
             doc = await client.status(change_id)
