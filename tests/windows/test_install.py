@@ -43,9 +43,10 @@ ROOTS = {"HKLM": "HKEY_LOCAL_MACHINE"}
 
 
 def project_version() -> str:
-    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
-    found = re.search(r'^version = "([^"]+)"', text, re.MULTILINE)
-    assert found, "no version in pyproject.toml"
+    """The version the build stamps (pcns.__version__, the one source of the package's)."""
+    text = (REPO / "pcns" / "__init__.py").read_text(encoding="utf-8")
+    found = re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE)
+    assert found, "no __version__ in pcns/__init__.py"
     return found.group(1)
 
 
