@@ -95,5 +95,5 @@ async def test_sighup_adds_a_target_refuses_a_restart_key_and_keeps_removed_work
             assert proc.poll() is None
     assert htpasswd_verifies(root / "wiki.htpasswd", "carol", "Removed-Target-3!")
     reloaded = [line for line in log.read_text().splitlines() if "config_reloaded" in line]
-    assert "\"targets_added\":[\"wiki\"]" in reloaded[0]
-    assert "\"targets_removed\":[\"slow\"]" in reloaded[-1]
+    assert '"targets_added":["wiki"]' in reloaded[0]
+    assert '"targets_removed":["slow"]' in reloaded[-1]
