@@ -7,5 +7,8 @@
   ``pcns serve``.
 - :mod:`bench.harness.backlog`: queued work, through the service's intake or by ``COPY``.
 - :mod:`bench.harness.report`: medians with ``[min..max]``, ratios, CPU lines, the table.
+- :mod:`bench.harness.history`: a million-row queue of history, built by ``INSERT ... SELECT``.
+- :mod:`bench.harness.sustained`: a load left running while something else is measured.
+- :mod:`bench.harness.plans`: the scan nodes of a statement's plan, for a report.
 - :mod:`bench.harness.run`: the flags every benchmark takes and the environment it runs in.
 """

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from pcns.queue.records import DeliveryState, DeliveryView, TargetHold
+from pcns.queue.records import DELIVERY_STATES, DeliveryState, DeliveryView, TargetHold
 from pcns.queue.store import WAKEUP_CHANNEL
 
 MAX_PAGE = 500
@@ -62,9 +62,10 @@ class DeliveryFilter:
         return self == DeliveryFilter()
 
     def as_json(self) -> dict[str, Any]:
-        """For the audit trail: what was asked, in plain values."""
+        """For the audit trail: what was asked, in plain values, under the API's field names."""
         out: dict[str, Any] = {}
         for k, v in asdict(self).items():
+            k = "state" if k == "states" else k
             if v in (None, ()):
                 continue
             if isinstance(v, datetime):
@@ -86,7 +87,7 @@ def _where(f: DeliveryFilter, args: list[Any]) -> list[str]:
 
     where: list[str] = []
     if f.states:
-        where.append(f"d.state = ANY({arg(list(f.states))}::text[])")
+        where.append(_state_in(f.states))
     if f.target is not None:
         where.append(f"d.target = {arg(f.target)}")
     if f.account is not None:
@@ -111,6 +112,16 @@ def _where(f: DeliveryFilter, args: list[Any]) -> list[str]:
     return where
 
 
+def _state_in(states: Sequence[DeliveryState]) -> str:
+    """``d.state`` is one of ``states``, written out as literals (a closed set of names), one
+    equality each: a partial index (``WHERE state = 'parked'``) serves only a condition the
+    planner can prove from the statement itself, never a parameter of a generic plan, and an
+    ``OR`` of equalities lets each state's partial index serve its own arm (a BitmapOr)."""
+    if not set(states) <= set(DELIVERY_STATES):
+        raise ValueError("not a delivery state")
+    return "(" + " OR ".join(f"d.state = '{s}'" for s in states) + ")"
+
+
 # The distinct targets of the queue, by skipping through the account index (a few probes).
 _TARGETS_CTE = """
 WITH RECURSIVE _targets(target) AS (
@@ -130,16 +141,23 @@ d.finished_at, c.source, c.user_name, (d.target IN (SELECT target FROM pcns_targ
 """
 
 
-def _select(f: DeliveryFilter, args: list[Any], columns: str, extra: Sequence[str] = ()) -> str:
+def _select(
+    f: DeliveryFilter,
+    args: list[Any],
+    columns: str,
+    extra: Sequence[str] = (),
+    *,
+    changes: bool = True,
+) -> str:
     """A SELECT of ``columns`` over the deliveries ``f`` selects (and the ``extra`` conditions,
-    whose parameters are already in ``args``)."""
+    whose parameters are already in ``args``); ``changes=False``: ``columns`` need nothing of
+    ``c`` (pcns_changes), which is then joined only when ``f`` filters on the source."""
     where = [*extra, *_where(f, args)]
     cte = _TARGETS_CTE if _by_account_alone(f) else ""
     clause = ("WHERE " + " AND ".join(where)) if where else ""
-    return (
-        f"{cte}SELECT {columns} FROM pcns_deliveries d JOIN pcns_changes c ON c.id = d.change_id "
-        f"{clause}"
-    )
+    # Every delivery has its change (a NOT NULL foreign key): the join never drops a row.
+    join = " JOIN pcns_changes c ON c.id = d.change_id" if changes or f.source else ""
+    return f"{cte}SELECT {columns} FROM pcns_deliveries d{join} {clause}"
 
 
 def _is_glob(pattern: str) -> bool:
@@ -151,6 +169,22 @@ def _by_account_alone(f: DeliveryFilter) -> bool:
     return f.account is not None and f.target is None and not _is_glob(f.account)
 
 
+def list_sql(
+    f: DeliveryFilter, limit: int = 50, before: uuid.UUID | None = None
+) -> tuple[str, list[Any]]:
+    """The statement of :func:`list_deliveries` and its arguments (for plan checks too)."""
+    args: list[Any] = []
+    extra = []
+    if before is not None:
+        args.append(before)
+        extra.append("d.id < $1")
+    sql = _select(f, args, _VIEW_COLUMNS, extra)
+    # The page size as a literal too: a generic plan guesses a LIMIT parameter at a tenth of
+    # the rows, and would then page an account's few rows by walking the primary key.
+    sql += f" ORDER BY d.id DESC LIMIT {min(max(int(limit), 1), MAX_PAGE)}"
+    return sql, args
+
+
 async def list_deliveries(
     conn: asyncpg.Connection,
     f: DeliveryFilter,
@@ -159,14 +193,7 @@ async def list_deliveries(
     before: uuid.UUID | None = None,
 ) -> list[DeliveryView]:
     """One page of deliveries matching ``f``, newest first, older than ``before`` if given."""
-    args: list[Any] = []
-    extra = []
-    if before is not None:
-        args.append(before)
-        extra.append("d.id < $1")
-    sql = _select(f, args, _VIEW_COLUMNS, extra)
-    args.append(min(max(limit, 1), MAX_PAGE))
-    sql += f" ORDER BY d.id DESC LIMIT ${len(args)}"
+    sql, args = list_sql(f, limit, before)
     return [DeliveryView(**dict(r)) for r in await conn.fetch(sql, *args)]
 
 
@@ -179,24 +206,43 @@ async def get_delivery(conn: asyncpg.Connection, delivery_id: uuid.UUID) -> Deli
     return DeliveryView(**dict(row)) if row is not None else None
 
 
-async def _bulk(
-    conn: asyncpg.Connection,
-    f: DeliveryFilter,
-    set_clause: str,
-    states: Sequence[DeliveryState],
-) -> list[str]:
-    """Apply ``set_clause`` to the deliveries ``f`` selects among ``states``; their targets."""
+def _bulk_sql(
+    f: DeliveryFilter, set_clause: str, states: Sequence[DeliveryState]
+) -> tuple[str, list[Any]] | None:
+    """The UPDATE applying ``set_clause`` to the deliveries ``f`` selects among ``states``, and
+    its arguments; None when ``f`` asks only for other states."""
     narrowed = replace(f, states=tuple(s for s in (f.states or states) if s in states))
     if not narrowed.states:
-        return []
+        return None
     args: list[Any] = []
-    picked = _select(narrowed, args, "d.id")
+    picked = _select(narrowed, args, "d.id", changes=False)
     sql = (
         f"WITH picked AS ({picked}) UPDATE pcns_deliveries d SET {set_clause}, updated_at = now()"
-        " FROM picked WHERE d.id = picked.id AND d.state = ANY($"
-        f"{len(args) + 1}::text[]) RETURNING d.target"
+        f" FROM picked WHERE d.id = picked.id AND {_state_in(narrowed.states)} RETURNING d.target"
     )
-    rows = await conn.fetch(sql, *args, list(narrowed.states))
+    return sql, args
+
+
+def retry_sql(f: DeliveryFilter) -> tuple[str, list[Any]] | None:
+    """The statement of :func:`retry_deliveries` and its arguments (for plan checks too)."""
+    return _bulk_sql(f, "state = 'pending', attempts = 0, due_at = now()", ("parked", "pending"))
+
+
+def cancel_sql(f: DeliveryFilter) -> tuple[str, list[Any]] | None:
+    """The statement of :func:`cancel_deliveries` and its arguments (for plan checks too)."""
+    return _bulk_sql(
+        f,
+        "state = 'cancelled', nonce = NULL, ciphertext = NULL, finished_at = now(),"
+        " last_error = 'cancelled by an operator'",
+        ("pending", "parked"),
+    )
+
+
+async def _bulk(conn: asyncpg.Connection, statement: tuple[str, list[Any]] | None) -> list[str]:
+    """Run a bulk UPDATE of :func:`_bulk_sql`; the targets of the rows it changed."""
+    if statement is None:
+        return []
+    rows = await conn.fetch(statement[0], *statement[1])
     return [r["target"] for r in rows]
 
 
@@ -204,9 +250,7 @@ async def retry_deliveries(conn: asyncpg.Connection, f: DeliveryFilter) -> list[
     """Parked deliveries (and pending ones waiting out a backoff) become due now, with a fresh
     count of attempts; their ciphertext was kept, so nothing is re-sent by the hook. Returns the
     targets of the rows retried."""
-    targets = await _bulk(
-        conn, f, "state = 'pending', attempts = 0, due_at = now()", ("parked", "pending")
-    )
+    targets = await _bulk(conn, retry_sql(f))
     if targets:
         await conn.execute(f"NOTIFY {WAKEUP_CHANNEL}")
     return targets
@@ -214,13 +258,7 @@ async def retry_deliveries(conn: asyncpg.Connection, f: DeliveryFilter) -> list[
 
 async def cancel_deliveries(conn: asyncpg.Connection, f: DeliveryFilter) -> list[str]:
     """Pending and parked deliveries end ``cancelled``; their ciphertexts are deleted."""
-    return await _bulk(
-        conn,
-        f,
-        "state = 'cancelled', nonce = NULL, ciphertext = NULL, finished_at = now(),"
-        " last_error = 'cancelled by an operator'",
-        ("pending", "parked"),
-    )
+    return await _bulk(conn, cancel_sql(f))
 
 
 async def hold_target(

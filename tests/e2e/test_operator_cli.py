@@ -178,7 +178,7 @@ async def test_retry_with_yes_delivers_parked_deliveries_and_is_audited(
         audit = (await op.ok("audit", "--limit", "2")).splitlines()
     assert sorted(written(tmp_path)) == ["alice-Retry-1!", "bob-Retry-1!"]
     assert action["action"] == "retry"
-    assert (action["filter"], action["count"]) == ({"states": ["parked"]}, 0)
+    assert (action["filter"], action["count"]) == ({"state": ["parked"]}, 0)
     assert audit[0].split() == ["at", "actor", "action", "count", "filter"]
     assert audit[2].split()[1:] == ["ops@test", "retry", "2", "target=app"]
 

@@ -1,7 +1,9 @@
 """The queue's hot statements keep their index plans on a table of a million deliveries.
 
-A table of mostly terminal history with a few thousand pending and some hundred in-flight rows is
-built once for the module, analysed, and each statement is planned with ``EXPLAIN (FORMAT JSON)``
+A table of mostly terminal history with a few thousand pending, some hundred in-flight and about
+30,000 parked rows (21,000 of them one broken target's), eight targets sharing every account and
+changes from three sources, is built once per session (``test_operator_plans.py`` plans the
+operators' queries on it), analysed, and each statement is planned with ``EXPLAIN (FORMAT JSON)``
 both as a custom plan (its parameter values known) and as the generic plan a long-lived
 connection or PL/pgSQL switches to. What these tests prove: the claim walks the partial index
 ``pcns_deliveries_claim`` and every statement of the claim function reads rows by index, the
@@ -35,6 +37,11 @@ TARGETS = 8
 ACCOUNTS = 25_000  # five changes per (target, account)
 PENDING_CHANGES = 1_000  # the newest changes: 8,000 pending deliveries, half of them due now
 IN_FLIGHT_CHANGES = 100  # the changes before them: 800 deliveries in flight
+# One target broke before them: its deliveries of the 20,000 changes before the in-flight ones
+# are parked. Elsewhere one delivery in 97 of the history is parked (about 1,300 per target).
+PARKED_TARGET = "target3"
+PARKED_CHANGES = 20_000
+SOURCES = ("dc01", "dc02", "hr")  # changes by source: 2/3, 1/3 and one in a hundred
 CLAIM_BATCH = 64  # delivery.claim_batch's default
 
 MODES = ("force_custom_plan", "force_generic_plan")
@@ -44,14 +51,18 @@ PKEY = "pcns_deliveries_pkey"
 LEASE_INDEX = "pcns_deliveries_leases"
 
 # Mostly terminal history, the newest changes still open; each change's values are worked out
-# once and shared by its deliveries to every target.
+# once and shared by its deliveries to every target. Delivery ids are UUIDv7 as pcns makes them
+# (the creation time's milliseconds first), so a time range is a range of ids.
+_OPEN = PENDING_CHANGES + IN_FLIGHT_CHANGES
 _FILL = f"""
 WITH c AS MATERIALIZED (
     SELECT g, md5('change-' || g)::uuid AS id, 'user' || (g % {ACCOUNTS}) AS account,
+           CASE WHEN g % 100 = 0 THEN '{SOURCES[2]}' WHEN g % 3 = 0 THEN '{SOURCES[1]}'
+                ELSE '{SOURCES[0]}' END AS source,
            now() - make_interval(secs => {CHANGES} - g) AS at,
            CASE
                WHEN g > {CHANGES - PENDING_CHANGES} THEN 'pending'
-               WHEN g > {CHANGES - PENDING_CHANGES - IN_FLIGHT_CHANGES} THEN 'in_flight'
+               WHEN g > {CHANGES - _OPEN} THEN 'in_flight'
                WHEN g % 50 = 0 THEN 'failed'
                WHEN g % 7 = 0 THEN 'superseded'
                ELSE 'delivered'
@@ -59,28 +70,36 @@ WITH c AS MATERIALIZED (
     FROM generate_series(1, {CHANGES}) AS g
 ), changes AS (
     INSERT INTO pcns_changes (id, source, webhook_id, user_name, received_at, response)
-    SELECT id, 'dc01', 'msg_' || g, account, at, '{{}}' FROM c
+    SELECT id, source, 'msg_' || g, account, at, '{{}}' FROM c
 )
 INSERT INTO {TABLE} (id, change_id, target, account, order_at, state, attempts, due_at,
     lease_token, lease_until, key_id, nonce, ciphertext, created_at, updated_at, finished_at)
-SELECT gen_random_uuid(), c.id, t.target, c.account, c.at, c.state, o.attempts, o.due_at,
-       CASE WHEN c.state = 'in_flight' THEN gen_random_uuid() END, o.lease_until,
+SELECT s.id, c.id, t.target, c.account, c.at, s.state, o.attempts, o.due_at,
+       CASE WHEN s.state = 'in_flight' THEN gen_random_uuid() END, o.lease_until,
        'dek-1', o.nonce, o.ciphertext, c.at, c.at, o.finished_at
 FROM c
+CROSS JOIN (SELECT n, 'target' || n AS target FROM generate_series(1, {TARGETS}) AS n) AS t
 CROSS JOIN LATERAL (SELECT
-        CASE WHEN c.state = 'pending' THEN c.g % 2 ELSE 1 END AS attempts,
+        (lpad(to_hex(floor(extract(epoch FROM c.at) * 1000)::bigint), 12, '0') || '7'
+            || substr(md5(c.g || '/' || t.n), 1, 19))::uuid AS id,
+        CASE WHEN c.state IN ('delivered', 'superseded', 'failed') AND (c.g % 97 = 0 OR
+                 (t.target = '{PARKED_TARGET}' AND c.g > {CHANGES - _OPEN - PARKED_CHANGES}))
+             THEN 'parked' ELSE c.state END AS state
+    OFFSET 0) AS s
+CROSS JOIN LATERAL (SELECT
+        CASE WHEN s.state = 'pending' THEN c.g % 2 ELSE 1 END AS attempts,
         -- half the pending rows are due, half wait for a retry
-        CASE WHEN c.state = 'pending' AND c.g % 2 = 1 THEN now() + interval '10 minutes'
+        CASE WHEN s.state = 'pending' AND c.g % 2 = 1 THEN now() + interval '10 minutes'
              ELSE c.at END AS due_at,
         -- a tenth of the leases have run out: the reaper's work
-        CASE WHEN c.state = 'in_flight' THEN now() + CASE WHEN c.g % 10 = 0
+        CASE WHEN s.state = 'in_flight' THEN now() + CASE WHEN c.g % 10 = 0
              THEN interval '-1 minute' ELSE interval '1 minute' END END AS lease_until,
-        CASE WHEN c.state IN ('pending', 'in_flight') THEN '\\x00'::bytea END AS nonce,
-        CASE WHEN c.state IN ('pending', 'in_flight') THEN '\\x01'::bytea END AS ciphertext,
-        CASE WHEN c.state NOT IN ('pending', 'in_flight') THEN c.at + interval '1 second' END
-            AS finished_at
+        CASE WHEN s.state IN ('pending', 'in_flight', 'parked') THEN '\\x00'::bytea END AS nonce,
+        CASE WHEN s.state IN ('pending', 'in_flight', 'parked') THEN '\\x01'::bytea END
+            AS ciphertext,
+        CASE WHEN s.state NOT IN ('pending', 'in_flight', 'parked')
+             THEN c.at + interval '1 second' END AS finished_at
     OFFSET 0) AS o
-CROSS JOIN (SELECT 'target' || n AS target FROM generate_series(1, {TARGETS}) AS n) AS t
 """
 
 
@@ -125,28 +144,54 @@ async def index_definitions(conn: asyncpg.Connection) -> list[str]:
     return [r["ddl"] for r in rows]
 
 
-@pytest.fixture(scope="module")
-async def big_queue(
-    pg_server_url: str, migrated_template: str
-) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to a fresh migrated database holding a million analysed delivery rows."""
-    name = "pcns_plans_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(pg_server_url)
+# The million-row database, built once per session for this module and for
+# test_operator_plans.py, which imports the fixtures: pytest gives every module that imports a
+# fixture its own instance, so the database's name is kept in the session's stash. (Named in the
+# decorator, so that the tests' arguments do not shadow the functions.)
+_BIG_QUEUE = pytest.StashKey[str]()
+
+
+@pytest.fixture(scope="session", name="big_queue_database")
+async def big_queue_database_fixture(
+    request: pytest.FixtureRequest, pg_server_url: str, migrated_template: str
+) -> AsyncIterator[str]:
+    """The URL of a migrated database holding a million analysed delivery rows."""
+    stash = request.session.stash
+    if _BIG_QUEUE not in stash:
+        name = "pcns_plans_" + uuid.uuid4().hex[:12]
+        await _admin(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+        try:
+            conn = await asyncpg.connect(database_url(pg_server_url, name))
+            try:
+                await fill_queue(conn)
+            finally:
+                await conn.close()
+        except BaseException:
+            await _admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            raise
+        stash[_BIG_QUEUE] = name
+    name = stash[_BIG_QUEUE]
+    yield database_url(pg_server_url, name)
+    # The first instance to finish, at the end of the session, drops it.
+    await _admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(server_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+        await conn.execute(sql)
     finally:
-        await admin.close()
-    conn = await asyncpg.connect(database_url(pg_server_url, name))
+        await conn.close()
+
+
+@pytest.fixture(scope="module", name="big_queue")
+async def big_queue_fixture(big_queue_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the million-row database (:func:`big_queue_database_fixture`)."""
+    conn = await asyncpg.connect(big_queue_database)
     try:
-        await fill_queue(conn)
         yield conn
     finally:
         await conn.close()
-        admin = await asyncpg.connect(pg_server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 # --- reading plans ---------------------------------------------------------------------------
@@ -223,16 +268,19 @@ async def explain(
     *,
     mode: str,
     types: Sequence[str] | None = None,
+    analyze: bool = False,
 ) -> dict[str, Any]:
     """The plan of ``sql`` prepared (parameter ``types`` when given) and executed with ``args``
-    (SQL literals) under ``plan_cache_mode = mode``; nothing is run."""
+    (SQL literals) under ``plan_cache_mode = mode``; nothing is run, unless ``analyze`` (for a
+    SELECT only): then the plan carries what each node read."""
     name = "plan_" + uuid.uuid4().hex[:12]
     declared = f"({', '.join(types)})" if types else ""
     await conn.execute(f"PREPARE {name}{declared} AS {sql}")
     try:
         await conn.execute(f"SET plan_cache_mode = {mode}")
         call = f"EXECUTE {name}" + (f"({', '.join(args)})" if args else "")
-        raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {call}")
+        options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
+        raw = await conn.fetchval(f"EXPLAIN ({options}) {call}")
     finally:
         await conn.execute(f"RESET plan_cache_mode; DEALLOCATE {name}")
     plan: dict[str, Any] = json.loads(raw)[0]["Plan"]
