@@ -24,7 +24,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from pcns.errors import ConfigError
 from targets.templates import Template
@@ -327,6 +332,10 @@ def load_settings(path: Path | None) -> Settings:
         raise ConfigError(
             f"config {path or '(environment)'}: {format_validation_error(exc)}"
         ) from None
+    except SettingsError as exc:
+        # A PCNS_* variable that is not valid JSON for its list or table; its text names the
+        # field and the source, never the value.
+        raise ConfigError(f"environment: {exc}; PCNS_* lists and tables are JSON") from None
 
 
 Role = Literal["receiver", "worker", "all"]

@@ -10,19 +10,12 @@ from typing import Any
 
 import aiohttp
 
+from pcns.cli.admin_api import receiver_url
 from pcns.client import NotifyFailed, Sender, client_ssl_context, load_recipient
-from pcns.config import Settings, load_settings
+from pcns.config import load_settings
 from pcns.secret_files import read_private_file, read_webhook_secret
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-
-
-def _receiver_url(settings: Settings) -> str:
-    scheme = "https" if settings.server.tls_cert else "http"
-    host = settings.server.host
-    if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard listen is reached via loopback
-        host = "127.0.0.1"
-    return f"{scheme}://{host}:{settings.server.port}"
 
 
 def _ssl_context(args: argparse.Namespace) -> Any:
@@ -31,7 +24,7 @@ def _ssl_context(args: argparse.Namespace) -> Any:
 
 async def notify(args: argparse.Namespace) -> int:
     settings = load_settings(args.config) if args.config else None
-    url = args.url or (_receiver_url(settings) if settings else None)
+    url = args.url or (receiver_url(settings) if settings else None)
     secret_file = args.secret_file
     if secret_file is None and settings is not None:
         match = next((s for s in settings.sources if s.id == args.source), None)
@@ -85,7 +78,7 @@ async def notify(args: argparse.Namespace) -> int:
 async def status(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     token = read_private_file(settings.admin.token_file, "admin token")
-    url = (args.url or _receiver_url(settings)).rstrip("/") + f"/v1/password-changes/{args.id}"
+    url = (args.url or receiver_url(settings)).rstrip("/") + f"/v1/password-changes/{args.id}"
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,

@@ -116,3 +116,14 @@ def test_template_missing_field() -> None:
     assert router.routes[0].account(Identity("bob", "CORP", None)) == "CORP\\bob"
     with pytest.raises(MissingAccountField):
         router.routes[0].account(Identity("bob", None, None))
+
+
+def test_an_environment_list_that_is_not_json_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PCNS_TARGETS that is not JSON is a ConfigError naming the field, not a traceback, and
+    the value is not echoed."""
+    monkeypatch.setenv("PCNS_TARGETS", "[not-json-s3cret")
+    with pytest.raises(ConfigError, match='field "targets"') as caught:
+        load_settings(None)
+    assert "s3cret" not in str(caught.value)
