@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from pcns.config import Role, ServerSettings, Settings, load_settings
-from pcns.config_check import adapter_settings
+from pcns.config_check import validated_adapter_settings
 from pcns.database import Database, create_pool, database_url
 from pcns.delivery.protection import TargetGuard
 from pcns.delivery.worker import DeliveryWorker
@@ -54,18 +54,9 @@ def build_targets(settings: Settings) -> dict[str, Target]:
     Only the configured types' adapters are imported; one whose optional library is missing
     stops the start with a message naming the extra to install.
     """
-    validated, problems = adapter_settings(settings)
-    if problems:
-        raise ConfigError("; ".join(str(p) for p in problems))
+    validated = validated_adapter_settings(settings)
     types = load_target_types({cfg.type for cfg in settings.targets})
     return {cfg.name: types[cfg.type](cfg.name, validated[cfg.name]) for cfg in settings.targets}
-
-
-def validate_target_settings(settings: Settings) -> None:
-    """Every ``[[targets]]`` table checked against its adapter's model, nothing constructed."""
-    _, problems = adapter_settings(settings)
-    if problems:
-        raise ConfigError("; ".join(str(p) for p in problems))
 
 
 @asynccontextmanager
@@ -187,7 +178,7 @@ async def running_service(
             stack.push_async_callback(_close_targets, reloader)
         else:
             # A receiver builds no target, but refuses the same tables a worker would.
-            validate_target_settings(settings)
+            validated_adapter_settings(settings)
         db = await stack.enter_async_context(open_database(settings))
         queue, key_store = DeliveryQueue(db), KeyStore(db)
         keys = await stack.enter_async_context(

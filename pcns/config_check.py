@@ -38,7 +38,7 @@ from pcns.config import (
     VaultSettings,
     duplicate_names,
 )
-from pcns.errors import SecretFileError
+from pcns.errors import ConfigError, SecretFileError
 from pcns.secret_files import read_private_file, read_webhook_secret
 from targets.base import (
     AdapterUnavailable,
@@ -108,6 +108,14 @@ def adapter_settings(settings: Settings) -> tuple[dict[str, TargetSettings], lis
     """Every target's adapter settings validated by its adapter's model, by target name, and the
     problems of all targets (unknown type, adapter not importable, invalid or unknown keys)."""
     return _adapter_settings(list(enumerate(settings.targets)))
+
+
+def validated_adapter_settings(settings: Settings) -> dict[str, TargetSettings]:
+    """:func:`adapter_settings`, or :class:`ConfigError` listing every problem at once."""
+    validated, problems = adapter_settings(settings)
+    if problems:
+        raise ConfigError("; ".join(str(p) for p in problems))
+    return validated
 
 
 def _adapter_settings(

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from pcns.config import Settings, TargetConfig
-from pcns.config_check import adapter_settings
+from pcns.config_check import validated_adapter_settings
 from pcns.delivery.protection import Protection, TargetGuard
 from pcns.delivery.worker import DeliveryWorker
 from pcns.errors import PcnsError
@@ -69,7 +69,7 @@ def protection_of(target: TargetConfig) -> Protection:
     )
 
 
-@dataclass
+@dataclass(repr=False)  # the context holds the sources' secrets and the admin token
 class Reloader:
     """The running parts a reload touches, and how to build what it replaces."""
 
@@ -149,9 +149,7 @@ class Reloader:
         removed = set(before) - set(after)
         if self.worker is None:
             # A receiver builds no target but refuses what a worker would.
-            _, problems = adapter_settings(new)
-            if problems:
-                raise ReloadRefused("; ".join(str(p) for p in problems))
+            validated_adapter_settings(new)
             return {}, {}, removed
         wanted = tuple(t for n, t in after.items() if n not in before or before[n] != t)
         built = self.build_targets(new.model_copy(update={"targets": wanted})) if wanted else {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -25,9 +25,9 @@ class ReceiverContext:
     keys: Keyring
     hook_keys: HookKeyring
     router: Router
-    sources: Mapping[str, bytes]
+    sources: Mapping[str, bytes] = field(repr=False)  # each source's webhook secret
     sealed_sources: frozenset[str]
-    admin_token: str | None
+    admin_token: str | None = field(repr=False)
     metrics: Metrics
     max_body_bytes: int
     timestamp_tolerance: float

@@ -10,6 +10,7 @@ import pytest
 
 from pcns.app import running_service
 from pcns.errors import ConfigError
+from pcns.secret_files import read_webhook_secret
 from tests.support import ServiceFiles, eventually, htpasswd_target
 
 
@@ -47,3 +48,18 @@ async def test_every_role_refuses_an_unknown_key_in_a_target(
     with pytest.raises(ConfigError, match=r"targets\.0 \(wiki\).*bcrypt_cots"):
         async with running_service(files.settings(), role=role):  # type: ignore[arg-type]
             pass
+
+
+async def test_the_running_parts_never_show_a_secret_in_their_repr(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The objects a reload holds (and an exception or debugger would print) show neither a
+    source's webhook secret nor the admin token."""
+    files = ServiceFiles(tmp_path / "svc", db_url)
+    async with running_service(files.settings()) as service:
+        reloader = service.reloader
+        shown = repr(reloader) + repr(reloader.context) + repr(service)
+    key = read_webhook_secret(files.secret_file)  # what the receiver holds: the decoded bytes
+    assert files.secret.removeprefix("whsec_") not in shown
+    assert repr(key)[2:-1] not in shown
+    assert files.admin_token not in shown
