@@ -12,7 +12,6 @@ and the ratio is taken per round. Nothing here asserts a timing. See docs/benchm
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -33,7 +32,7 @@ from bench.harness.report import (
     median_rate,
     median_ratio,
 )
-from bench.harness.run import Part, benchmark_parser, run_parts, with_defaults
+from bench.harness.run import Part, run_one_part
 from bench.harness.service import (
     ServiceFiles,
     delivered_count,
@@ -233,19 +232,13 @@ def part(args: argparse.Namespace) -> Part:
     return ("b", "(b) delivery throughput", delivery)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = benchmark_parser("bench.delivery", __doc__)
-    p.add_argument("--quick", action="store_true", help="1 round of 1000 deliveries")
-    p.add_argument("--rounds", type=int, help="interleaved rounds, median reported (3)")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return with_defaults(args, {"rounds": 1 if args.quick else 3, **defaults(args.quick)})
-
-
-async def main(args: argparse.Namespace) -> None:
-    how = f"medians of {args.rounds} interleaved round(s) [min..max]."
-    await run_parts(args, [part(args)], how)
-
-
 if __name__ == "__main__":
-    asyncio.run(main(parse_args(sys.argv[1:])))
+    run_one_part(
+        "bench.delivery",
+        __doc__,
+        quick_help="1 round of 1000 deliveries",
+        add_arguments=add_arguments,
+        defaults=defaults,
+        part=part,
+        rounds=True,
+    )

@@ -12,8 +12,6 @@ See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +20,7 @@ import asyncpg
 from bench.harness.databases import Databases, fetch_count, wait_until
 from bench.harness.loadgen import SENDERS, HttpRun, run_loadgen
 from bench.harness.report import PartResult, Row, median_background
-from bench.harness.run import Part, benchmark_parser, run_parts, with_defaults
+from bench.harness.run import Part, run_one_part
 from bench.harness.service import ServiceFiles, free_port, in_process_service, settings_of
 
 _LATENCY = """
@@ -136,17 +134,13 @@ def part(args: argparse.Namespace) -> Part:
     return ("c", "(c) accept-to-delivered latency", latency)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = benchmark_parser("bench.latency", __doc__)
-    p.add_argument("--quick", action="store_true", help="3 s of offered load")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return with_defaults(args, defaults(args.quick))
-
-
-async def main(args: argparse.Namespace) -> None:
-    await run_parts(args, [part(args)], "one run.")
-
-
 if __name__ == "__main__":
-    asyncio.run(main(parse_args(sys.argv[1:])))
+    run_one_part(
+        "bench.latency",
+        __doc__,
+        quick_help="3 s of offered load",
+        add_arguments=add_arguments,
+        defaults=defaults,
+        part=part,
+        rounds=False,
+    )

@@ -23,7 +23,7 @@ import asyncpg
 from bench.harness.backlog import queue_backlog
 from bench.harness.databases import Databases, fetch_count
 from bench.harness.report import PartResult, Row
-from bench.harness.run import Part, benchmark_parser, run_parts, with_defaults
+from bench.harness.run import Part, run_one_part
 from bench.harness.service import ServiceFiles, free_port, pcns_serve, write_config
 
 
@@ -138,17 +138,14 @@ def part(args: argparse.Namespace) -> Part:
     return ("d", "(d) memory", memory)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = benchmark_parser("bench.memory", __doc__)
-    p.add_argument("--quick", action="store_true", help="a 20,000-row backlog, 6 s of serving")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return with_defaults(args, defaults(args.quick))
-
-
-async def main(args: argparse.Namespace) -> None:
-    await run_parts(args, [part(args)], "one process per queue state.")
-
-
 if __name__ == "__main__":
-    asyncio.run(main(parse_args(sys.argv[1:])))
+    run_one_part(
+        "bench.memory",
+        __doc__,
+        quick_help="a 20,000-row backlog, 6 s of serving",
+        add_arguments=add_arguments,
+        defaults=defaults,
+        part=part,
+        rounds=False,
+        how="one process per queue state.",
+    )

@@ -4,6 +4,7 @@ set up once, the parts run in order and one table printed at the end."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import sys
@@ -108,3 +109,30 @@ async def run_parts(args: argparse.Namespace, parts: list[Part], how: str) -> No
             rows += part_rows
             notes += part_notes
     print_table(rows, notes)
+
+
+def run_one_part(
+    module: str,
+    doc: str | None,
+    *,
+    quick_help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    defaults: Callable[[bool], dict[str, Any]],
+    part: Callable[[argparse.Namespace], Part],
+    rounds: bool,
+    how: str | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """The command line of a benchmark that is one part of ``bench.core`` (``--quick``, the
+    part's own flags, ``--rounds`` when it has rounds), then the part alone."""
+    p = benchmark_parser(module, doc)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    if rounds:
+        p.add_argument("--rounds", type=int, help="interleaved rounds, median reported (3)")
+    add_arguments(p)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    extra = {"rounds": 1 if args.quick else 3} if rounds else {}
+    args = with_defaults(args, {**extra, **defaults(args.quick)})
+    if how is None:
+        how = f"medians of {args.rounds} interleaved round(s) [min..max]." if rounds else "one run."
+    asyncio.run(run_parts(args, [part(args)], how))
