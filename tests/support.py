@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
+import pgserver  # type: ignore[import-untyped]
 import tomli_w
 from standardwebhooks.webhooks import Webhook
 
@@ -35,6 +36,8 @@ from pcns.secret_files import (
 from vault import FileKek, HookPublicKey, create_keyring_file, seal_for_hook
 
 HTPASSWD = shutil.which("htpasswd")
+# pgserver's own pg_dump: as new as the embedded server, and able to dump an older one.
+PG_DUMP = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
 
 
 def free_port() -> int:

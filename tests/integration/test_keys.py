@@ -18,7 +18,7 @@ import pytest
 from pcns.app import build_kek, running_service
 from pcns.keys import admin
 from pcns.queue.key_store import KeyStore
-from tests.support import Client, ServiceFiles, eventually, fetch_all, wait_terminal
+from tests.support import PG_DUMP, Client, ServiceFiles, eventually, fetch_all, wait_terminal
 from vault import KekError, create_keyring_file
 
 SLOW = {"name": "wiki", "type": "noop", "delay": 0.05}
@@ -225,7 +225,6 @@ async def test_tampered_ciphertext_fails_with_integrity(
 async def test_database_dump_alone_recovers_nothing(tmp_path: Path, db_url: str) -> None:
     """With queued changes in the database, a pg_dump plus every table read finds no password,
     and no ciphertext opens with any key-sized piece of what the dump holds."""
-    import pgserver  # type: ignore[import-untyped]
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -244,9 +243,8 @@ async def test_database_dump_alone_recovers_nothing(tmp_path: Path, db_url: str)
         await rotate_now(files, rx.key_store, propagation=0.2)
         for i in range(3, 6):
             await client.send(f"user{i}", sentinel)
-    pg_dump = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
     proc = await asyncio.create_subprocess_exec(
-        str(pg_dump), "--dbname", db_url, stdout=asyncio.subprocess.PIPE
+        str(PG_DUMP), "--dbname", db_url, stdout=asyncio.subprocess.PIPE
     )
     dump, _ = await proc.communicate()
     assert proc.returncode == 0

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pgserver  # type: ignore[import-untyped]
 import pytest
 import structlog
 
@@ -19,6 +18,7 @@ from pcns.app import running_service
 from pcns.logging import configure_logging
 from tests.integration.conftest import needs_htpasswd
 from tests.support import (
+    PG_DUMP,
     Client,
     ServiceFiles,
     eventually,
@@ -29,7 +29,6 @@ from tests.support import (
 )
 
 SENTINEL = "Zq-SENTINEL-4d1e-Пароль"
-PG_DUMP = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
 
 
 def forms(secret: str) -> list[bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +18,7 @@ import pytest
 from pcns.app import running_service
 from tests.integration.conftest import needs_htpasswd
 from tests.support import (
+    PG_DUMP,
     Client,
     ServiceFiles,
     admin_call,
@@ -165,7 +165,7 @@ async def test_parked_past_max_age_expires_and_its_ciphertext_is_gone(
     assert (rows[0]["ciphertext"], rows[0]["nonce"]) == (None, None)
     dump = await asyncio.to_thread(
         subprocess.run,
-        [shutil.which("pg_dump") or "pg_dump", "--data-only", db_url],
+        [str(PG_DUMP), "--data-only", "--dbname", db_url],
         capture_output=True,
         check=True,
     )
