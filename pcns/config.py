@@ -198,16 +198,23 @@ class DeliverySettings(_Section):
     poll_interval: Duration = 1.0
     claim_batch: int = Field(default=64, ge=1, le=1000)
     claimers: int = Field(default=2, ge=1, le=16)
+    # A worker refreshes its heartbeat this often; one silent for worker_timeout is dead and
+    # its in-flight deliveries go back to the queue.
+    heartbeat_interval: Duration = 2.0
+    worker_timeout: Duration = 10.0
 
     @model_validator(mode="after")
     def _ordered(self) -> DeliverySettings:
-        problems = []  # both rules are independent: report both at once
+        problems = []  # the rules are independent: report all at once
         if self.backoff_max < self.backoff_initial:
             problems.append("backoff_max must not be shorter than backoff_initial")
         if self.attempt_timeout * 2 > self.lease:
             # A live worker must always finish (or time out) well inside its lease, or the
             # reaper could hand the row to another worker while the first is still writing.
             problems.append("attempt_timeout must be at most half of lease")
+        if self.heartbeat_interval * 3 > self.worker_timeout:
+            # Two heartbeats may be lost (a slow database) before a live worker counts as dead.
+            problems.append("worker_timeout must be at least three heartbeat_interval")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -7,8 +7,10 @@ configured target needs may be missing, and a broken third-party adapter stops n
 
 from __future__ import annotations
 
+import contextvars
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol, runtime_checkable
@@ -69,6 +71,25 @@ class AdapterUnavailable(TargetError):
         super().__init__(reason)
         self.target_type = target_type
         self.reason = reason
+
+
+# Set by the caller of ``set_password`` (pcns's worker): what pauses the attempt's timeout.
+attempt_clock: contextvars.ContextVar[Callable[[], AbstractContextManager[None]] | None] = (
+    contextvars.ContextVar("pcns_attempt_clock", default=None)
+)
+
+
+@contextmanager
+def off_the_clock() -> Iterator[None]:
+    """Around work an adapter does on pcns's own side of an attempt (hashing a password): the
+    attempt's timeout stops while it runs, so time spent waiting for pcns's CPU is never
+    charged to the target. Outside an attempt it does nothing."""
+    pause = attempt_clock.get()
+    if pause is None:
+        yield
+        return
+    with pause():
+        yield
 
 
 class Password:

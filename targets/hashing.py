@@ -24,7 +24,7 @@ import bcrypt
 from passlib import exc as passlib_exc
 from passlib import hash as passlib_hash
 
-from targets.base import Password, PermanentError, TargetConfigError
+from targets.base import Password, PermanentError, TargetConfigError, off_the_clock
 
 HashScheme = Literal[
     "argon2id",
@@ -216,7 +216,8 @@ async def hash_password_async(
     """:func:`hash_password` in the hashing pool (all cores but one, at the lowest scheduling
     priority), so the event loop keeps serving."""
     call = functools.partial(hash_password, scheme, password, rounds=rounds)
-    return await asyncio.get_running_loop().run_in_executor(hashing_pool(), call)
+    with off_the_clock():  # queueing for the pool and hashing are pcns's time, not the target's
+        return await asyncio.get_running_loop().run_in_executor(hashing_pool(), call)
 
 
 def verify_password(scheme: HashScheme, password: Password, hashed: str) -> bool:

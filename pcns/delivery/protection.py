@@ -102,6 +102,10 @@ class TargetGuard:
     def cooldown(self) -> float:
         return self._p.breaker_cooldown
 
+    @property
+    def max_concurrency(self) -> int | None:
+        return self._p.max_concurrency
+
 
 class Admission:
     """One attempt's passage through a :class:`TargetGuard` (``async with guard.admit(...)``).

@@ -1,21 +1,29 @@
 """The delivery loop: claim due deliveries in bounded batches, attempt each, record outcomes.
 
 Scheduled retries live in the queue (a due time on the row), never in sleeping coroutines. A
-worker that dies loses its lease; the reaper in any live worker hands the row to another. What
-an attempt's result means (retry, give up, expire, defer) is decided in
-:mod:`pcns.delivery.outcomes`; the completer records it and counts it.
+worker that dies stops heartbeating; the reaper in any live worker hands its rows to another
+(:mod:`pcns.delivery.heartbeat`). What an attempt's result means (retry, give up, expire, defer)
+is decided in :mod:`pcns.delivery.outcomes`; the completer records it and counts it.
+
+A worker claims only what it can start: a target at its concurrency cap, or one that hashes
+while the hashing pool has all the work it can take, is left in the queue for now rather than
+claimed to wait; and the attempt's timeout runs only while the target works
+(:mod:`pcns.delivery.clock`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 import structlog
 
 from pcns.config import DeliverySettings
+from pcns.delivery.clock import AttemptClock
 from pcns.delivery.completer import Completer
+from pcns.delivery.heartbeat import Heartbeat
 from pcns.delivery.outcomes import NO_BREAKER, BreakerView, DeliveryPolicy, Failure, decide
 from pcns.delivery.protection import NoSlot, TargetGuard
 from pcns.delivery.retry import RetryPolicy
@@ -26,9 +34,15 @@ from pcns.metrics import Metrics
 from pcns.queue.deliveries import DeliveryQueue
 from pcns.queue.records import ClaimedDelivery, DeliveryId
 from targets.base import Password, PermanentError, Target, TransientError
+from targets.hashing import hashing_threads
 from vault import IntegrityError, KekError, open_sealed
 
 log = structlog.get_logger(__name__)
+
+DEFERRALS_REPORT_INTERVAL = 30.0
+# Attempts of hashing targets a worker keeps in flight per hashing thread: one hashing, one
+# ready behind it, so the pool never idles for a claim's round trip and nothing more waits.
+HASHING_AHEAD = 2
 
 
 class DeliveryWorker:
@@ -67,6 +81,17 @@ class DeliveryWorker:
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._completer = Completer(queue, metrics, self._wake.set, health)
+        self._heartbeat = Heartbeat(
+            queue,
+            settings,
+            on_fenced=self._abandon_in_flight,
+            on_reaped=self._reaped,
+            on_expired=self._expired,
+        )
+        self._hashing_targets: set[str] = set()  # targets whose attempts used the hashing pool
+        self._hashing_capacity = HASHING_AHEAD * hashing_threads()
+        self._deferred: Counter[str] = Counter()
+        self._promised: Counter[str] = Counter()  # quotas handed to claims still under way
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -83,6 +108,7 @@ class DeliveryWorker:
         """A reloaded configuration: attempts from now on use these; those in flight finish on
         the adapter they started with."""
         self._targets, self._guards, self._settings = targets, guards, settings
+        self._heartbeat.apply(settings)
         self._slot_wait = max(1.0, settings.lease - settings.attempt_timeout - 5.0)
         self._policy = DeliveryPolicy(
             RetryPolicy(settings.max_attempts, settings.backoff_initial, settings.backoff_max),
@@ -109,7 +135,8 @@ class DeliveryWorker:
                 asyncio.create_task(
                     self._queue.listen_for_work(self._wake.set, stop), name="pcns-listen"
                 ),
-                asyncio.create_task(self._reap(stop), name="pcns-reap"),
+                asyncio.create_task(self._heartbeat.run(stop), name="pcns-heartbeat"),
+                asyncio.create_task(self._report_deferrals(stop), name="pcns-deferrals"),
             ]
             try:
                 # Several claimers overlap their round trips to PostgreSQL; they share the
@@ -122,11 +149,18 @@ class DeliveryWorker:
                     task.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
                 await self._drain()
+                await self._heartbeat.retire()
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         s = self._settings
         failures = 0
         while not stop.is_set():
+            if not self._heartbeat.registered.is_set():
+                # Claims carry the worker's id: none before its row exists, or the reaper would
+                # hand them straight back.
+                await _wait_any(stop, self._heartbeat.registered, timeout=s.poll_interval)
+                continue
+            s = self._settings
             limit = min(s.workers - len(self._inflight) - self._reserved, s.claim_batch)
             if limit <= 0:
                 self._slot_freed.clear()
@@ -134,9 +168,17 @@ class DeliveryWorker:
                 continue
             self._wake.clear()
             self._reserved += limit
+            worker = self._heartbeat.id
+            quotas = self._quotas()
+            promised = Counter({t: n for t, n in quotas.items() if n > 0})
+            self._promised += promised
             try:
                 claimed, ended = await self._queue.claim(
-                    limit=limit, lease_seconds=s.lease, max_age_seconds=s.max_age
+                    limit=limit,
+                    lease_seconds=s.lease,
+                    max_age_seconds=s.max_age,
+                    worker=worker,
+                    quotas=quotas,
                 )
                 failures = 0
             except DatabaseError as exc:
@@ -150,16 +192,39 @@ class DeliveryWorker:
                 continue
             finally:
                 self._reserved -= limit
+                self._promised -= promised
             for target, states in ended.items():
                 for state in states:
                     self._metrics.ended.labels(target, state).inc()
+            if worker != self._heartbeat.id:
+                # Fenced while the claim was on its way: those rows carry the retired id and go
+                # back to the queue with it; attempting them could race whoever takes them.
+                continue
             for delivery in claimed:
                 self._metrics.child(self._metrics.claimed, delivery.target).inc()
                 task = asyncio.create_task(self._attempt(delivery))
                 self._inflight[delivery.id] = (delivery, task)
             if len(claimed) < limit:
-                # The queue had nothing more due: sleep until a NOTIFY, the poll, or stop.
-                await _wait_any(stop, self._wake, timeout=s.poll_interval)
+                # The queue had nothing more due (that this worker can start now): sleep until
+                # a NOTIFY, a slot freed, the poll, or stop.
+                self._slot_freed.clear()
+                await _wait_any(stop, self._wake, self._slot_freed, timeout=s.poll_interval)
+
+    def _quotas(self) -> dict[str, int]:
+        """How many more attempts each limited target can start now (0: leave it queued)."""
+        busy = Counter(d.target for d, _ in self._inflight.values()) + self._promised
+        quotas = {
+            name: guard.max_concurrency - busy[name]
+            for name, guard in self._guards.items()
+            if guard.max_concurrency is not None
+        }
+        hashing = self._hashing_targets & self._guards.keys()
+        if hashing:
+            free = self._hashing_capacity - sum(busy[t] for t in hashing)
+            share = max(0, -(-free // len(hashing)))  # free slots split, rounded up
+            for t in hashing:
+                quotas[t] = min(quotas.get(t, share), share)
+        return quotas
 
     async def _attempt(self, delivery: ClaimedDelivery) -> None:
         # Every line of this attempt (adapters' included) carries its ids: each attempt is its
@@ -174,6 +239,11 @@ class DeliveryWorker:
         finally:
             self._inflight.pop(delivery.id, None)
             self._slot_freed.set()
+        if outcome.reason in ("no_slot", "probe_failed"):
+            # Deferred: no attempt was made. Counted here, one summary line per interval.
+            self._deferred[delivery.target] += 1
+            self._completer.add(outcome)
+            return
         self._log.info(
             "delivery_attempt",
             account=delivery.account,
@@ -214,8 +284,13 @@ class DeliveryWorker:
         probe = False
         try:
             async with guard.admit(wait=self._slot_wait) as probe:
-                async with asyncio.timeout(self._settings.attempt_timeout):
-                    await adapter.set_password(d.account, Password(plaintext))
+                clock = AttemptClock(self._settings.attempt_timeout)
+                try:
+                    async with clock:
+                        await adapter.set_password(d.account, Password(plaintext))
+                finally:
+                    if clock.own_work:
+                        self._hashing_targets.add(d.target)
         except NoSlot as exc:
             view = BreakerView(is_open=guard.state == "open", cooldown=guard.cooldown)
             return Failure("no_slot", str(exc)), view
@@ -244,24 +319,29 @@ class DeliveryWorker:
         log.warning("target_breaker_open", cooldown=guard.cooldown)
         return failure, BreakerView(opened=True, probe=probe, cooldown=guard.cooldown)
 
-    async def _reap(self, stop: asyncio.Event) -> None:
-        """Return what dead workers held, and end parked deliveries at ``delivery.max_age``."""
-        interval = max(1.0, min(self._settings.lease / 4, 15.0))
-        while not await _wait_any(stop, timeout=interval):
-            try:
-                reaped = await self._queue.reap(max_attempts=self._settings.max_attempts)
-                expired = await self._queue.expire_parked(max_age_seconds=self._settings.max_age)
-            except DatabaseError:
-                continue
-            for target, state in reaped:
-                log.warning("delivery_lease_expired", target=target, new_state=state)
-                if state == "parked":
-                    self._metrics.parked.labels(target, "lease_lost").inc()
-            for target in expired:
-                log.warning("parked_delivery_expired", target=target)
-                self._metrics.ended.labels(target, "expired").inc()
-            if reaped:
-                self._wake.set()
+    def _reaped(self, reaped: list[tuple[str, str]]) -> None:
+        for target, state in reaped:
+            log.warning("delivery_lease_expired", target=target, new_state=state)
+            if state == "parked":
+                self._metrics.parked.labels(target, "lease_lost").inc()
+        self._wake.set()
+
+    def _expired(self, targets: list[str]) -> None:
+        for target in targets:
+            log.warning("parked_delivery_expired", target=target)
+            self._metrics.ended.labels(target, "expired").inc()
+
+    def _abandon_in_flight(self) -> None:
+        """Fenced: stop every attempt now; the reaper hands the rows to whoever is alive."""
+        for _, task in self._inflight.values():
+            task.cancel()
+
+    async def _report_deferrals(self, stop: asyncio.Event) -> None:
+        """One line per interval for the attempts deferred (no slot, breaker probing)."""
+        while not await _wait_any(stop, timeout=DEFERRALS_REPORT_INTERVAL):
+            if self._deferred:
+                log.info("deliveries_deferred", counts=dict(self._deferred))
+                self._deferred.clear()
 
     async def _drain(self) -> None:
         """Shutdown: let in-flight attempts finish for a grace period, release the rest."""

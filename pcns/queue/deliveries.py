@@ -9,14 +9,14 @@ Each method borrows a connection, runs the statements of :mod:`pcns.queue.store`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from pcns.database import Database, translated
 from pcns.queue import operations as ops
-from pcns.queue import store
+from pcns.queue import store, workers
 from pcns.queue.operations import DeliveryFilter, OperatorAction
 from pcns.queue.records import (
     ChangeStatus,
@@ -30,6 +30,7 @@ from pcns.queue.records import (
     TargetQueueStats,
 )
 from pcns.queue.retention import Pruned, prune_finished
+from pcns.queue.workers import WorkerRecord
 
 # How long a caller waits for a pooled connection before the database counts as unavailable.
 INTAKE_ACQUIRE_TIMEOUT = 5.0
@@ -53,13 +54,24 @@ class DeliveryQueue:
                 return await store.insert_changes(conn, changes)
 
     async def claim(
-        self, *, limit: int, lease_seconds: float, max_age_seconds: float
+        self,
+        *,
+        limit: int,
+        lease_seconds: float,
+        max_age_seconds: float,
+        worker: UUID | None = None,
+        quotas: Mapping[str, int] | None = None,
     ) -> tuple[list[ClaimedDelivery], dict[str, list[str]]]:
         """Lease up to ``limit`` due deliveries (see :func:`store.claim_due_deliveries`)."""
         with translated():
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 return await store.claim_due_deliveries(
-                    conn, limit=limit, lease_seconds=lease_seconds, max_age_seconds=max_age_seconds
+                    conn,
+                    limit=limit,
+                    lease_seconds=lease_seconds,
+                    max_age_seconds=max_age_seconds,
+                    worker=worker,
+                    quotas=quotas,
                 )
 
     async def complete(self, outcomes: Sequence[Outcome]) -> dict[DeliveryId, float]:
@@ -74,11 +86,41 @@ class DeliveryQueue:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 await store.release_deliveries(conn, deliveries)
 
-    async def reap(self, *, max_attempts: int) -> list[tuple[str, str]]:
-        """Return deliveries whose worker lost its lease; (target, new state) for each."""
+    async def reap(self, *, max_attempts: int, worker_timeout: float) -> list[tuple[str, str]]:
+        """Return deliveries of workers that stopped heartbeating; (target, new state) each."""
         with translated():
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                return await store.reap_expired_leases(conn, max_attempts=max_attempts)
+                return await workers.reap_dead_workers(
+                    conn, max_attempts=max_attempts, worker_timeout=worker_timeout
+                )
+
+    async def register_worker(
+        self, me: WorkerRecord, version: str, *, replaces: UUID | None = None
+    ) -> None:
+        with translated():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                await workers.register_worker(conn, me, version, replaces=replaces)
+
+    async def heartbeat(self, worker: UUID, *, timeout: float) -> bool:  # noqa: ASYNC109
+        """Refresh ``worker``'s heartbeat within ``timeout``; False: it was declared dead."""
+        with translated():
+            async with self._pool.acquire(timeout=timeout) as conn:
+                return await asyncio.wait_for(workers.heartbeat(conn, worker), timeout)
+
+    async def retire_worker(self, worker: UUID) -> None:
+        with translated():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                await workers.retire_worker(conn, worker)
+
+    async def workers_on_host(self, host: str) -> list[WorkerRecord]:
+        with translated():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                return await workers.workers_on_host(conn, host)
+
+    async def retire_workers(self, ids: list[UUID]) -> None:
+        with translated():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                await workers.retire_workers(conn, ids)
 
     async def postpone_target(self, target: str, seconds: float) -> int:
         """Reschedule a target's pending deliveries past ``seconds``; how many were moved."""

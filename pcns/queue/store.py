@@ -14,7 +14,7 @@ lock it took.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -123,14 +123,21 @@ async def insert_changes(conn: asyncpg.Connection, changes: Sequence[NewChange])
 # locks while walking due rows; its next statement, on the fresh snapshot a VOLATILE function
 # takes per statement, sees every claim committed before those locks were held, decides each key
 # and applies the decision.
-_CLAIM = "SELECT * FROM pcns_claim_deliveries($1, $2, $3, $4)"
+_CLAIM = "SELECT * FROM pcns_claim_deliveries($1, $2, $3, $4, $5, $6, $7, $8)"
 
 
 async def claim_due_deliveries(
-    conn: asyncpg.Connection, *, limit: int, lease_seconds: float, max_age_seconds: float
+    conn: asyncpg.Connection,
+    *,
+    limit: int,
+    lease_seconds: float,
+    max_age_seconds: float,
+    worker: UUID | None = None,
+    quotas: Mapping[str, int] | None = None,
 ) -> tuple[list[ClaimedDelivery], dict[str, list[str]]]:
-    """Lease up to ``limit`` due deliveries.
+    """Lease up to ``limit`` due deliveries to ``worker`` (its heartbeat keeps them).
 
+    ``quotas``: at most that many rows of each target named (0: none of it, not walked).
     Returns the claimed deliveries and, per target, the states of rows this claim ended
     (``superseded`` / ``expired``) for metrics. Call it outside an explicit transaction: the
     locks it takes are held, and its claim hidden from other workers, until its transaction
@@ -138,7 +145,20 @@ async def claim_due_deliveries(
     """
     ended: dict[str, list[str]] = defaultdict(list)
     token = uuid4()
-    applied = await conn.fetch(_CLAIM, limit, token, lease_seconds, max_age_seconds)
+    quotas = quotas or {}
+    skip = [t for t, n in quotas.items() if n <= 0]
+    capped = [(t, n) for t, n in quotas.items() if n > 0]
+    applied = await conn.fetch(
+        _CLAIM,
+        limit,
+        token,
+        lease_seconds,
+        max_age_seconds,
+        worker,
+        skip,
+        [t for t, _ in capped],
+        [n for _, n in capped],
+    )
     claimed = []
     for r in applied:
         if r["state"] != "in_flight":
@@ -168,6 +188,7 @@ UPDATE pcns_deliveries d SET
              ELSE d.due_at END,
     lease_token = NULL,
     lease_until = NULL,
+    worker_id = NULL,
     -- Kept while the delivery is open (pending again, or parked for an operator's retry).
     nonce = CASE WHEN x.state IN ('pending', 'parked') THEN d.nonce END,
     ciphertext = CASE WHEN x.state IN ('pending', 'parked') THEN d.ciphertext END,
@@ -233,7 +254,7 @@ async def postpone_target(conn: asyncpg.Connection, target: str, seconds: float)
 _RELEASE = """
 UPDATE pcns_deliveries SET
     state = 'pending', attempts = greatest(attempts - 1, 0), due_at = now(),
-    lease_token = NULL, lease_until = NULL, updated_at = now()
+    lease_token = NULL, lease_until = NULL, worker_id = NULL, updated_at = now()
 WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid  -- still ours, so still in flight
 """
 
@@ -247,25 +268,6 @@ async def release_deliveries(
         by_token[d.lease_token].append(d.id)
     for token, ids in by_token.items():
         await conn.execute(_RELEASE, ids, token)
-
-
-_REAP = """
-UPDATE pcns_deliveries SET
-    state = CASE WHEN attempts >= $1 THEN 'parked' ELSE 'pending' END,
-    last_error = 'worker lost its lease mid-delivery (stopped or crashed)',
-    due_at = now(), lease_token = NULL, lease_until = NULL, updated_at = now()
-WHERE state = 'in_flight' AND lease_until < now()
-RETURNING target, state
-"""
-
-
-async def reap_expired_leases(
-    conn: asyncpg.Connection, *, max_attempts: int
-) -> list[tuple[str, str]]:
-    """Return deliveries whose worker died to the queue, or park them when that was their last
-    attempt; (target, new state) for each."""
-    rows = await conn.fetch(_REAP, max_attempts)
-    return [(r["target"], r["state"]) for r in rows]
 
 
 _EXPIRE_PARKED = """

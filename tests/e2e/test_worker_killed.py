@@ -1,5 +1,5 @@
-"""A worker process killed with SIGKILL mid-delivery: its lease runs out, another worker
-process delivers the change, and nothing is lost."""
+"""A worker process killed with SIGKILL mid-delivery: its heartbeat stops, another worker
+process (or the same one restarted) delivers the change, and nothing is lost."""
 
 from __future__ import annotations
 
@@ -23,13 +23,21 @@ from tests.support import (
     wait_terminal,
 )
 
-FAST_LEASE = {"lease": "6s", "attempt_timeout": "3s", "poll_interval": "200ms"}
+# The lease is far longer than the tests: only the heartbeat (or the pid check) explains a
+# takeover.
+FAST_LEASE = {
+    "lease": "60s",
+    "attempt_timeout": "3s",
+    "poll_interval": "200ms",
+    "heartbeat_interval": "500ms",
+    "worker_timeout": "2s",
+}
 
 
 @needs_htpasswd
 async def test_sigkilled_worker_loses_its_lease_to_another(tmp_path: Path, db_url: str) -> None:
-    """Worker A is killed while delivering; worker B takes the delivery over once A's lease
-    expires and `htpasswd -v` accepts the password it wrote."""
+    """Worker A is killed while delivering; worker B takes the delivery over (A's process is
+    gone, its heartbeat stops) and `htpasswd -v` accepts the password it wrote."""
     root = tmp_path / "svc"
     files = ServiceFiles(root, db_url, delivery=FAST_LEASE)
     receiver_cfg = files.write_config("receiver.toml")
@@ -78,3 +86,42 @@ async def test_sigkilled_worker_loses_its_lease_to_another(tmp_path: Path, db_ur
     assert doc["deliveries"][0]["attempts"] == 2
     assert "delivery_lease_expired" in log_b.read_text()
     assert htpasswd_verifies(root / "wiki.htpasswd", "alice", "Survives-SIGKILL-1")
+
+
+@needs_htpasswd
+async def test_a_restarted_process_takes_over_its_previous_incarnation_at_once(
+    tmp_path: Path, db_url: str
+) -> None:
+    """`pcns serve` killed mid-delivery and started again delivers the change in seconds, not
+    after worker_timeout (a minute here): it sees that its host's registered process is gone."""
+    root = tmp_path / "svc"
+    slow = {**FAST_LEASE, "worker_timeout": "60s", "heartbeat_interval": "2s"}
+    files = ServiceFiles(root, db_url, delivery=slow)
+    hung_cfg = files.write_config(
+        "hung.toml", targets=[{"name": "wiki", "type": "noop", "delay": 2.9}]
+    )
+    real_cfg = files.write_config("real.toml")
+    async with aiohttp.ClientSession() as session:
+        client = Client(files, session)
+        with pcns_process("serve", "--config", str(hung_cfg), cwd=root) as first:
+            wait_for_text(root / "pcns.log", "service_started", first)
+            status, body = await client.send("alice", "Back-At-Once-1")
+            assert status == 202
+
+            async def in_flight() -> bool:
+                rows = await fetch_all(
+                    db_url,
+                    "SELECT state FROM pcns_deliveries WHERE change_id = $1",
+                    uuid.UUID(body["id"]),
+                )
+                return rows[0]["state"] == "in_flight"
+
+            await eventually(in_flight, interval=0.02)
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait()
+        log = root / "restarted.log"
+        with pcns_process("serve", "--config", str(real_cfg), cwd=root, log=log) as again:
+            wait_for_text(log, "service_started", again)
+            assert await wait_terminal(client, body["id"], timeout=20) == {"wiki": "delivered"}
+    assert "dead_workers_taken_over" in log.read_text()
+    assert htpasswd_verifies(root / "wiki.htpasswd", "alice", "Back-At-Once-1")
