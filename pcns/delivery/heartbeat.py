@@ -2,9 +2,10 @@
 
 Every ``delivery.heartbeat_interval`` the worker refreshes its row in ``pcns_workers`` and reaps:
 workers silent for ``delivery.worker_timeout`` are deleted and their in-flight deliveries go
-back to the queue (:mod:`pcns.queue.workers`). A process that starts first looks at the rows
-registered from its own host: a row whose process no longer runs (same pid and start time) is its
-previous incarnation, or a sibling's, killed; those are taken over at once, not after the timeout.
+back to the queue (:mod:`pcns.queue.workers`). Before reaping, a worker looks at the rows
+registered from its own host: a row whose process no longer runs (that pid, started at that
+time) is its own previous incarnation, or a sibling process, killed; those are taken over at
+once, not after the timeout.
 
 Fencing: a worker that cannot refresh its heartbeat for ``worker_timeout - heartbeat_interval``
 (timed from the last refresh it sent, so never later than the database's own reckoning) stops
@@ -107,8 +108,6 @@ class Heartbeat:
         await self._queue.register_worker(self._record(), __version__, replaces=self._previous)
         self._previous = None
         self._last_sent = sent
-        if not self.registered.is_set():
-            await self._take_over_dead_neighbours()
         self.registered.set()
         log.info("worker_registered", worker_id=str(self.id))
 
@@ -143,6 +142,7 @@ class Heartbeat:
                     else:
                         self._fence("declared dead: its heartbeat row is gone")
                         continue
+                await self._take_over_dead_neighbours()
                 reaped = await self._queue.reap(
                     max_attempts=s.max_attempts, worker_timeout=s.worker_timeout
                 )
