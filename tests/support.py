@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import shutil
 import socket
@@ -33,6 +32,7 @@ from pcns.secret_files import (
     new_webhook_secret,
     write_private_file,
 )
+from tests.faultproxy import FaultProxy, Upstream
 from vault import FileKek, HookPublicKey, create_keyring_file, seal_for_hook
 
 HTPASSWD = shutil.which("htpasswd")
@@ -262,68 +262,37 @@ async def wait_terminal(client: Client, change_id: str, timeout: float = 20.0) -
     return result
 
 
-class PgProxy:
+class PgProxy(FaultProxy):
     """A TCP proxy in front of PostgreSQL that a test can cut (refuse and drop every connection)
     and restore; the service sees exactly what a database outage looks like on the wire."""
 
     def __init__(self, upstream_url: str) -> None:
         parts = urlsplit(upstream_url)
         query = parse_qs(parts.query)
-        self._unix = query["host"][0] + "/.s.PGSQL.5432" if "host" in query else None
-        self._tcp = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        upstream: Upstream = (
+            query["host"][0] + "/.s.PGSQL.5432"
+            if "host" in query
+            else (parts.hostname or "127.0.0.1", parts.port or 5432)
+        )
+        super().__init__(upstream)
         self._db = parts.path.lstrip("/")
         self._user = parts.username or "postgres"
-        self.port = free_port()
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.up = True
 
     @property
     def url(self) -> str:
         return f"postgresql://{self._user}@127.0.0.1:{self.port}/{self._db}"
 
-    async def __aenter__(self) -> PgProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    @property
+    def up(self) -> bool:
+        return self.mode != "reset"
 
     def cut(self) -> None:
-        self.up = False
-        for w in list(self._writers):
-            w.transport.abort()
-        self._writers.clear()
+        """Reset every open connection now and every new one until :meth:`restore`."""
+        self.reset()
+        self.abort_all()
 
     def restore(self) -> None:
-        self.up = True
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            writer.transport.abort()
-            return
-        try:
-            if self._unix:
-                up_reader, up_writer = await asyncio.open_unix_connection(self._unix)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(*self._tcp)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
+        self.passthrough()
 
 
 async def fetch_all(url: str, query: str, *args: Any) -> list[asyncpg.Record]:

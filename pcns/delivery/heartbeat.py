@@ -21,7 +21,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from uuid import UUID, uuid4
 
 import psutil
@@ -83,12 +83,14 @@ class Heartbeat:
         on_fenced: Callable[[], None],
         on_reaped: Callable[[list[tuple[str, str]]], None],
         on_expired: Callable[[list[str]], None],
+        held: Callable[[], Collection[UUID]],
     ) -> None:
         self._queue = queue
         self._settings = settings
         self._on_fenced = on_fenced
         self._on_reaped = on_reaped
         self._on_expired = on_expired
+        self._held = held
         self._host = this_host()
         self._pid = os.getpid()
         self._started = process_started(self._pid) or time.time()
@@ -142,6 +144,10 @@ class Heartbeat:
                     else:
                         self._fence("declared dead: its heartbeat row is gone")
                         continue
+                    lost = await self._queue.release_lost_claims(self.id, self._held())
+                    if lost:
+                        log.warning("lost_claims_released", count=len(lost))
+                        self._on_reaped([(t, "pending") for t in lost])
                 await self._take_over_dead_neighbours()
                 reaped = await self._queue.reap(
                     max_attempts=s.max_attempts, worker_timeout=s.worker_timeout

@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Mapping
+from uuid import UUID, uuid4
 
 import structlog
 
@@ -87,7 +88,9 @@ class DeliveryWorker:
             on_fenced=self._abandon_in_flight,
             on_reaped=self._reaped,
             on_expired=self._expired,
+            held=self._held_leases,
         )
+        self._claims_under_way: set[UUID] = set()  # lease tokens of claims not yet answered
         self._hashing_targets: set[str] = set()  # targets whose attempts used the hashing pool
         self._hashing_capacity = HASHING_AHEAD * hashing_threads()
         self._deferred: Counter[str] = Counter()
@@ -172,6 +175,8 @@ class DeliveryWorker:
             quotas = self._quotas()
             promised = Counter({t: n for t, n in quotas.items() if n > 0})
             self._promised += promised
+            token = uuid4()
+            self._claims_under_way.add(token)
             try:
                 claimed, ended = await self._queue.claim(
                     limit=limit,
@@ -179,11 +184,13 @@ class DeliveryWorker:
                     max_age_seconds=s.max_age,
                     worker=worker,
                     quotas=quotas,
+                    token=token,
                 )
                 failures = 0
             except DatabaseError as exc:
                 # Unreachable, or refused (a deadlock with an operator's statement, say): the
-                # claim rolled back whole, so nothing was taken; try again after a pause.
+                # claim rolled back whole, or committed with its answer lost; the heartbeat
+                # returns whatever it took (its token is no longer held). Try again later.
                 failures += 1
                 log.warning(
                     "claim_failed", error=exc.cause, sqlstate=exc.sqlstate, consecutive=failures
@@ -193,6 +200,7 @@ class DeliveryWorker:
             finally:
                 self._reserved -= limit
                 self._promised -= promised
+                self._claims_under_way.discard(token)
             for target, states in ended.items():
                 for state in states:
                     self._metrics.ended.labels(target, state).inc()
@@ -318,6 +326,10 @@ class DeliveryWorker:
         self._metrics.breaker_open.labels(guard.name).set(1)
         log.warning("target_breaker_open", cooldown=guard.cooldown)
         return failure, BreakerView(opened=True, probe=probe, cooldown=guard.cooldown)
+
+    def _held_leases(self) -> set[UUID]:
+        """The lease tokens this worker holds: its attempts' and its claims' under way."""
+        return {d.lease_token for d, _ in self._inflight.values()} | self._claims_under_way
 
     def _reaped(self, reaped: list[tuple[str, str]]) -> None:
         for target, state in reaped:

@@ -9,7 +9,8 @@ Each method borrows a connection, runs the statements of :mod:`pcns.queue.store`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -35,6 +36,12 @@ from pcns.queue.workers import WorkerRecord
 # How long a caller waits for a pooled connection before the database counts as unavailable.
 INTAKE_ACQUIRE_TIMEOUT = 5.0
 ACQUIRE_TIMEOUT = 10.0
+# How long an intake commit or a claim may run. A connection the network swallowed (no reset,
+# no answer) would otherwise hold the group committer, and every change behind it, for the
+# pool's 30 s command timeout; hooks give up after 10 s. A commit that timed out after it ran is
+# harmless: the hook's resend (same webhook-id) gets the stored answer.
+INTAKE_STATEMENT_TIMEOUT = 5.0
+CLAIM_STATEMENT_TIMEOUT = 10.0
 
 
 class DeliveryQueue:
@@ -47,11 +54,27 @@ class DeliveryQueue:
     def __repr__(self) -> str:
         return "DeliveryQueue()"
 
+    @contextlib.asynccontextmanager
+    async def _bounded(self, seconds: float, *, acquire: float) -> AsyncIterator[Any]:
+        """A pooled connection for at most ``seconds``: past that, the connection is cut and
+        TimeoutError raised. The driver's own statement timeout is no bound on a connection
+        the network swallowed: it asks the server to cancel, then waits for an answer that
+        never comes (and so would returning the connection to the pool)."""
+        conn = await self._pool.acquire(timeout=acquire)
+        try:
+            async with asyncio.timeout(seconds):
+                yield conn
+        except TimeoutError:
+            conn.terminate()
+            raise
+        finally:
+            await self._pool.release(conn)
+
     async def insert_changes(self, changes: Sequence[NewChange]) -> list[Committed]:
         """Commit a group of changes in one statement (see :func:`store.insert_changes`)."""
         with translated():
-            async with self._pool.acquire(timeout=INTAKE_ACQUIRE_TIMEOUT) as conn:
-                return await store.insert_changes(conn, changes)
+            async with self._bounded(INTAKE_STATEMENT_TIMEOUT, acquire=INTAKE_ACQUIRE_TIMEOUT) as c:
+                return await store.insert_changes(c, changes)
 
     async def claim(
         self,
@@ -61,10 +84,11 @@ class DeliveryQueue:
         max_age_seconds: float,
         worker: UUID | None = None,
         quotas: Mapping[str, int] | None = None,
+        token: UUID | None = None,
     ) -> tuple[list[ClaimedDelivery], dict[str, list[str]]]:
         """Lease up to ``limit`` due deliveries (see :func:`store.claim_due_deliveries`)."""
         with translated():
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            async with self._bounded(CLAIM_STATEMENT_TIMEOUT, acquire=ACQUIRE_TIMEOUT) as conn:
                 return await store.claim_due_deliveries(
                     conn,
                     limit=limit,
@@ -72,6 +96,7 @@ class DeliveryQueue:
                     max_age_seconds=max_age_seconds,
                     worker=worker,
                     quotas=quotas,
+                    token=token,
                 )
 
     async def complete(self, outcomes: Sequence[Outcome]) -> dict[DeliveryId, float]:
@@ -104,8 +129,15 @@ class DeliveryQueue:
     async def heartbeat(self, worker: UUID, *, timeout: float) -> bool:  # noqa: ASYNC109
         """Refresh ``worker``'s heartbeat within ``timeout``; False: it was declared dead."""
         with translated():
-            async with self._pool.acquire(timeout=timeout) as conn:
-                return await asyncio.wait_for(workers.heartbeat(conn, worker), timeout)
+            async with self._bounded(timeout, acquire=timeout) as conn:
+                return await workers.heartbeat(conn, worker)
+
+    async def release_lost_claims(self, worker: UUID, live: Collection[UUID]) -> list[str]:
+        """Rows in flight for ``worker`` under a lease token it does not hold (a claim whose
+        answer never came back) go back to the queue; their targets."""
+        with translated():
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                return await workers.release_lost_claims(conn, worker, live)
 
     async def retire_worker(self, worker: UUID) -> None:
         with translated():

@@ -134,8 +134,10 @@ async def claim_due_deliveries(
     max_age_seconds: float,
     worker: UUID | None = None,
     quotas: Mapping[str, int] | None = None,
+    token: UUID | None = None,
 ) -> tuple[list[ClaimedDelivery], dict[str, list[str]]]:
-    """Lease up to ``limit`` due deliveries to ``worker`` (its heartbeat keeps them).
+    """Lease up to ``limit`` due deliveries to ``worker`` (its heartbeat keeps them) under the
+    lease ``token`` (a fresh one if None).
 
     ``quotas``: at most that many rows of each target named (0: none of it, not walked).
     Returns the claimed deliveries and, per target, the states of rows this claim ended
@@ -144,7 +146,7 @@ async def claim_due_deliveries(
     commits.
     """
     ended: dict[str, list[str]] = defaultdict(list)
-    token = uuid4()
+    token = token or uuid4()
     quotas = quotas or {}
     skip = [t for t, n in quotas.items() if n <= 0]
     capped = [(t, n) for t, n in quotas.items() if n > 0]

@@ -9,6 +9,7 @@ gone was declared dead and must abandon what it holds (see :mod:`pcns.delivery.h
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -62,6 +63,28 @@ async def workers_on_host(conn: asyncpg.Connection, host: str) -> list[WorkerRec
 async def retire_workers(conn: asyncpg.Connection, workers: list[UUID]) -> None:
     """Workers found dead by other means (a pid that no longer runs): their rows go now."""
     await conn.execute("DELETE FROM pcns_workers WHERE id = ANY($1::uuid[])", workers)
+
+
+# A claim that committed but whose answer was lost (the connection died, or the statement's
+# timeout fired after it ran) leaves rows in flight under a live worker's id that the worker
+# does not know it holds: its heartbeat would keep them forever. The worker names the lease
+# tokens it holds (its attempts and its claims under way); any other in-flight row of its id
+# goes back, due now, the attempt that never began not counted.
+_RELEASE_LOST_CLAIMS = """
+UPDATE pcns_deliveries SET
+    state = 'pending', attempts = greatest(attempts - 1, 0), due_at = now(),
+    last_error = 'its claim was lost on the way back to the worker',
+    lease_token = NULL, lease_until = NULL, worker_id = NULL, updated_at = now()
+WHERE state = 'in_flight' AND worker_id = $1 AND lease_token <> ALL ($2::uuid[])
+RETURNING target
+"""
+
+
+async def release_lost_claims(
+    conn: asyncpg.Connection, worker: UUID, live: Collection[UUID]
+) -> list[str]:
+    rows = await conn.fetch(_RELEASE_LOST_CLAIMS, worker, list(live))
+    return [r["target"] for r in rows]
 
 
 # The stale workers' rows are deleted and their deliveries returned in one statement. The UPDATE
