@@ -11,4 +11,10 @@
 - :mod:`bench.harness.sustained`: a load left running while something else is measured.
 - :mod:`bench.harness.plans`: the scan nodes of a statement's plan, for a report.
 - :mod:`bench.harness.run`: the flags every benchmark takes and the environment it runs in.
+- :mod:`bench.harness.fleet`: receiver and worker processes on one queue, SIGKILLed and
+  restarted (the kill -9 soak, ``bench.soak``).
+- :mod:`bench.harness.signed_load`: a steady signed load that records every 202.
+- :mod:`bench.harness.soak_targets`, :mod:`bench.harness.soak_history`,
+  :mod:`bench.harness.soak_report`: the soak's targets read back with their own tools, its
+  history check, its summary.
 """

@@ -229,7 +229,7 @@ async def generate(spec: dict[str, Any]) -> None:
 
     secret = read_webhook_secret(Path(spec["secret_file"]))
     url = spec["url"] + "/v1/password-changes"
-    warm = _signed_requests(secret, spec["prefix"] + "warm-", WARMUP)
+    warm = _signed_requests(secret, spec["prefix"] + "warm-", spec.get("warmup", WARMUP))
     timed = _signed_requests(secret, spec["prefix"], spec["count"])
     ignored: Counter[str] = Counter()
     statuses: Counter[str] = Counter()

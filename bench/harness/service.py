@@ -101,12 +101,17 @@ def delivered_count(service: RunningService, target: str) -> float:
     return value or 0.0
 
 
-@contextlib.asynccontextmanager
-async def pcns_serve(
-    config: Path, port: int, log: Path
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``pcns serve --role all`` as a subprocess, yielded once ``/readyz`` answers 200, stopped
-    with SIGTERM (killed after 30 s) on exit. Its log lines are appended to ``log``."""
+async def start_pcns(
+    config: Path,
+    port: int,
+    log: Path,
+    *,
+    role: Role = "all",
+    cwd: Path | None = None,
+    timeout: float = 60,  # noqa: ASYNC109 - a start-up deadline, not a cancellation scope
+) -> asyncio.subprocess.Process:
+    """``pcns serve --role ROLE`` as a subprocess, returned once ``/readyz`` answers 200 (killed
+    if it exits or is not ready within ``timeout`` s). Its log lines are appended to ``log``."""
     with log.open("ab") as log_fh:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -116,27 +121,54 @@ async def pcns_serve(
             "--config",
             str(config),
             "--role",
-            "all",
+            role,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=log_fh,
+            cwd=cwd,
         )
     try:
         async with aiohttp.ClientSession() as session:
 
             async def ready() -> bool:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"pcns serve exited with {proc.returncode}; see {log}")
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
                         return resp.status == 200
                 except aiohttp.ClientError:
                     return False
 
-            await wait_until(ready, timeout=60, interval=0.1)
+            try:
+                await wait_until(ready, timeout=timeout, interval=0.1)
+            except TimeoutError:
+                raise RuntimeError(f"pcns serve not ready within {timeout}s; see {log}") from None
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc
+
+
+@contextlib.asynccontextmanager
+async def pcns_serve(
+    config: Path, port: int, log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``pcns serve --role all`` as a subprocess, yielded once ``/readyz`` answers 200, stopped
+    with SIGTERM (killed after 30 s) on exit. Its log lines are appended to ``log``."""
+    proc = await start_pcns(config, port, log)
+    try:
         yield proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_pcns(proc)
+
+
+async def stop_pcns(proc: asyncio.subprocess.Process, *, grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited after ``grace`` s."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=grace)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
