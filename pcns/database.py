@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import warnings
@@ -48,7 +49,28 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.ConnectionFailureError,
+    # The driver's own "cannot do it now": TargetServerAttributeNotMatched (every host answered,
+    # none as database.url's target_session_attrs asks: all standbys or read-only, as in a
+    # failover), and a pooled connection that the server ended while it sat idle ("cannot
+    # switch to state 12; another operation (2) is in progress", after a restart).
+    asyncpg.exceptions.InternalClientError,
 )
+
+
+class _OneLineDriverWarnings(logging.Filter):
+    """asyncpg logs each failed refill of a pool's minimum size with the whole traceback: while
+    the database is away, dozens of lines for what pcns' own events already say. The line is
+    kept, with the error's class name (as pcns logs a driver error) instead of the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__})"
+            record.args = None
+            record.exc_info = None
+        return True
+
+
+_ONE_LINE_DRIVER_WARNINGS = _OneLineDriverWarnings()
 
 
 @contextmanager
@@ -330,6 +352,7 @@ async def create_pool(url: str, *, size: int, wait: float = 30.0) -> AsyncIterat
     """A pool whose first connection is retried while the server is starting."""
     conn = await connect(url, wait=wait)
     await conn.close()
+    logging.getLogger("asyncpg.pool").addFilter(_ONE_LINE_DRIVER_WARNINGS)  # once: same filter
     with translated():
         pool = await asyncpg.create_pool(
             url,

@@ -17,4 +17,7 @@
 - :mod:`bench.harness.soak_targets`, :mod:`bench.harness.soak_history`,
   :mod:`bench.harness.soak_report`: the soak's targets read back with their own tools, its
   history check, its summary.
+- :mod:`bench.harness.pgcluster`: a private PostgreSQL cluster (a primary, synchronous
+  standbys) that can be crashed, restarted and failed over; the database-fault tests use it too.
+- :mod:`bench.harness.hash_alone`: hashes made alone, as a worker's hashing pool makes them.
 """

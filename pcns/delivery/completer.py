@@ -94,7 +94,7 @@ class Completer:
                 ages = await self._queue.complete(group)
                 failures = 0
             except DatabaseUnavailable as exc:
-                # Nothing is lost: the outcomes wait here; if the leases run out first, the
+                # Nothing is lost: the outcomes wait here; if the worker dies first, the
                 # deliveries are attempted again (at-least-once).
                 self._pending[:0] = group
                 failures += 1
@@ -106,6 +106,12 @@ class Completer:
                 # database will not take does not hold back the others.
                 log.warning("outcomes_group_refused", error=exc.cause, count=len(group))
                 ages, unrecorded = await self._record_one_by_one(group)
+            except Exception as exc:  # a bug: logged as one, and the task that records lives on
+                self._pending[:0] = group
+                failures += 1
+                log.error("outcomes_crashed", error=type(exc).__name__, count=len(group))
+                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                continue
             # A finished delivery may unblock the next change for the same account: claim now.
             self._on_recorded()
             recorded = []

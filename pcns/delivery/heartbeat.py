@@ -157,7 +157,9 @@ class Heartbeat:
                 if time.monotonic() >= expiry_due:
                     expiry_due = time.monotonic() + PARKED_EXPIRY_INTERVAL
                     self._on_expired(await self._queue.expire_parked(max_age_seconds=s.max_age))
-            except (DatabaseError, TimeoutError) as exc:
+            except Exception as exc:  # the database away, or a bug: either way no heartbeat
+                if not isinstance(exc, DatabaseError | TimeoutError):
+                    log.error("heartbeat_crashed", error=type(exc).__name__)
                 silent = time.monotonic() - self._last_sent
                 if self.registered.is_set() and silent > s.worker_timeout - s.heartbeat_interval:
                     self._fence(f"no heartbeat for {silent:.1f}s ({type(exc).__name__})")

@@ -195,6 +195,12 @@ class DeliveryWorker:
                 log.warning(
                     "claim_failed", error=exc.cause, sqlstate=exc.sqlstate, consecutive=failures
                 )
+                # A NOTIFY (the LISTEN connection back) ends the pause early.
+                await _wait_any(stop, self._wake, timeout=min(s.poll_interval * 2**failures, 30.0))
+                continue
+            except Exception as exc:  # a bug must not end the claim loop while the process runs
+                failures += 1
+                log.error("claim_crashed", error=type(exc).__name__, consecutive=failures)
                 await _wait_any(stop, timeout=min(s.poll_interval * 2**failures, 30.0))
                 continue
             finally:
