@@ -182,6 +182,7 @@ class DeliveryWorker:
                     limit=limit,
                     lease_seconds=s.lease,
                     max_age_seconds=s.max_age,
+                    targets=list(self._targets),
                     worker=worker,
                     quotas=quotas,
                     token=token,

@@ -132,12 +132,13 @@ async def claim_due_deliveries(
     limit: int,
     lease_seconds: float,
     max_age_seconds: float,
+    targets: Sequence[str],
     worker: UUID | None = None,
     quotas: Mapping[str, int] | None = None,
     token: UUID | None = None,
 ) -> tuple[list[ClaimedDelivery], dict[str, list[str]]]:
-    """Lease up to ``limit`` due deliveries to ``worker`` (its heartbeat keeps them) under the
-    lease ``token`` (a fresh one if None).
+    """Lease up to ``limit`` due deliveries of ``targets`` to ``worker`` (its heartbeat keeps
+    them) under the lease ``token`` (a fresh one if None).
 
     ``quotas``: at most that many rows of each target named (0: none of it, not walked).
     Returns the claimed deliveries and, per target, the states of rows this claim ended
@@ -148,7 +149,7 @@ async def claim_due_deliveries(
     ended: dict[str, list[str]] = defaultdict(list)
     token = token or uuid4()
     quotas = quotas or {}
-    skip = [t for t, n in quotas.items() if n <= 0]
+    walked = [t for t in targets if quotas.get(t, 1) > 0]
     capped = [(t, n) for t, n in quotas.items() if n > 0]
     applied = await conn.fetch(
         _CLAIM,
@@ -157,7 +158,7 @@ async def claim_due_deliveries(
         lease_seconds,
         max_age_seconds,
         worker,
-        skip,
+        walked,
         [t for t, _ in capped],
         [n for _, n in capped],
     )
@@ -275,15 +276,19 @@ async def release_deliveries(
 _EXPIRE_PARKED = """
 UPDATE pcns_deliveries SET
     state = 'expired', nonce = NULL, ciphertext = NULL, finished_at = now(), updated_at = now(),
-    last_error = left(coalesce(last_error, '') || ' (parked until delivery.max_age)', 1100)
-WHERE state = 'parked' AND created_at < now() - make_interval(secs => $1)
+    last_error = left(coalesce(last_error, '') || CASE state
+        WHEN 'parked' THEN ' (parked until delivery.max_age)'
+        ELSE ' (no worker configured for its target claimed it within delivery.max_age)' END,
+        1100)
+WHERE state IN ('parked', 'pending') AND created_at < now() - make_interval(secs => $1)
 RETURNING target
 """
 
 
 async def expire_parked(conn: asyncpg.Connection, *, max_age_seconds: float) -> list[str]:
     """End parked deliveries older than ``max_age_seconds`` as ``expired``, deleting their
-    ciphertexts in the same statement; returns their targets."""
+    ciphertexts in the same statement; and pending ones too, which a claim would have expired
+    had any worker been configured for their target. Returns their targets."""
     rows = await conn.fetch(_EXPIRE_PARKED, max_age_seconds)
     return [r["target"] for r in rows]
 

@@ -22,6 +22,7 @@ from pcns.queue.store import claim_due_deliveries, complete_deliveries
 
 LEASE = 60.0
 MAX_AGE = 3600.0
+TARGETS = ["t1", "t2"]  # the targets the claiming worker is configured for
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ async def claim(
     conn: asyncpg.Connection, limit: int = 16
 ) -> tuple[list[ClaimedDelivery], dict[str, list[str]]]:
     return await claim_due_deliveries(
-        conn, limit=limit, lease_seconds=LEASE, max_age_seconds=MAX_AGE
+        conn, limit=limit, lease_seconds=LEASE, max_age_seconds=MAX_AGE, targets=TARGETS
     )
 
 
@@ -274,3 +275,46 @@ async def test_completer_records_the_rest_when_the_database_refuses_one_outcome(
         "bad": ("in_flight", True),
         "later": ("delivered", False),
     }
+
+
+async def claim_index_reads(conn: asyncpg.Connection) -> int:
+    """Index entries read from the claim index so far, as the statistics system counts them."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, flushed
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    reads: int = await conn.fetchval(
+        "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'pcns_deliveries_claim'"
+    )
+    return reads
+
+
+async def test_a_backlog_a_claim_leaves_alone_costs_it_nothing(conn: asyncpg.Connection) -> None:
+    """With 3,000 due deliveries of a held target and 3,000 of a target at its quota, a claim
+    takes the one due delivery of the third target and reads a handful of index entries, not
+    the backlogs."""
+    await conn.execute(
+        "INSERT INTO pcns_changes (id, source, webhook_id, user_name, response)"
+        " SELECT ('00000000-0000-7000-8000-' || lpad(g::text, 12, '0'))::uuid, 'dc01',"
+        " 'b' || g, 'user' || g, '{}' FROM generate_series(1, 6000) g"
+    )
+    await conn.execute(
+        "INSERT INTO pcns_deliveries (id, change_id, target, account, order_at, state, due_at,"
+        " key_id, nonce, ciphertext)"
+        " SELECT gen_random_uuid(), ('00000000-0000-7000-8000-' || lpad(g::text, 12, '0'))::uuid,"
+        " CASE WHEN g % 2 = 0 THEN 'held' ELSE 'busy' END, 'user' || g, now(), 'pending',"
+        " now() - interval '1 minute', 'k1', '\\x00', '\\x01' FROM generate_series(1, 6000) g"
+    )
+    await conn.execute("INSERT INTO pcns_target_holds (target, actor) VALUES ('held', 'test')")
+    await conn.execute("ANALYZE pcns_deliveries")
+    wanted = await queue(conn, "carol", target="t1")
+    before = await claim_index_reads(conn)
+    claimed, _ = await claim_due_deliveries(
+        conn,
+        limit=16,
+        lease_seconds=LEASE,
+        max_age_seconds=MAX_AGE,
+        targets=["t1", "held", "busy"],
+        quotas={"busy": 0},
+    )
+    read = await claim_index_reads(conn) - before
+    assert [d.id for d in claimed] == [wanted]
+    assert 1 <= read <= 16, f"the claim read {read} entries of the claim index"

@@ -34,6 +34,7 @@ from tests.conftest import database_url
 
 CHANGES = 125_000  # x TARGETS deliveries: a million rows
 TARGETS = 8
+TARGET_NAMES = [f"target{n}" for n in range(1, TARGETS + 1)]  # the workers' targets
 ACCOUNTS = 25_000  # five changes per (target, account)
 PENDING_CHANGES = 1_000  # the newest changes: 8,000 pending deliveries, half of them due now
 IN_FLIGHT_CHANGES = 100  # the changes before them: 800 deliveries in flight
@@ -310,6 +311,7 @@ _VARIABLES = {
     "p_lease_seconds": "float8",
     "p_max_age_seconds": "float8",
     "p_worker": "uuid",
+    "p_targets": "text[]",
 }
 _VARIABLE = re.compile(r"\b(" + "|".join(re.escape(v) for v in _VARIABLES) + r")\b")
 
@@ -368,6 +370,7 @@ async def claim_arguments(conn: asyncpg.Connection) -> dict[str, str]:
         "p_lease_seconds": 60.0,
         "p_max_age_seconds": 7 * 86400.0,
         "p_worker": uuid.uuid4(),
+        "p_targets": TARGET_NAMES,
     }
     return {name: await literal(conn, values[name], _VARIABLES[name]) for name in _VARIABLES}
 
@@ -445,7 +448,15 @@ async def test_claim_function_as_run_uses_the_claim_index(big_queue: asyncpg.Con
             await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
             for _ in range(2):
                 claimed = await conn.fetch(
-                    store._CLAIM, CLAIM_BATCH, uuid.uuid4(), 60.0, 7 * 86400.0, None, [], [], []
+                    store._CLAIM,
+                    CLAIM_BATCH,
+                    uuid.uuid4(),
+                    60.0,
+                    7 * 86400.0,
+                    None,
+                    TARGET_NAMES,
+                    [],
+                    [],
                 )
                 assert claimed, "the claim found nothing to claim"
         await conn.execute("SET LOCAL client_min_messages = notice")

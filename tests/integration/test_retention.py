@@ -119,7 +119,7 @@ async def test_late_older_change_is_still_superseded_after_pruning(pool: asyncpg
     _, late = await change(pool, "alice", "pending", days_ago=0, order_at=now - timedelta(days=150))
     async with pool.acquire() as conn:
         claimed, ended = await claim_due_deliveries(
-            conn, limit=8, lease_seconds=60, max_age_seconds=3 * DAY
+            conn, limit=8, lease_seconds=60, max_age_seconds=3 * DAY, targets=["t1"]
         )
     assert claimed == []
     assert ended == {"t1": ["superseded"]}
