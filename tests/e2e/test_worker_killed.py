@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,22 @@ FAST_LEASE = {
     "heartbeat_interval": "500ms",
     "worker_timeout": "2s",
 }
+
+
+async def kill_once_in_flight(proc: subprocess.Popen[bytes], db_url: str, change_id: str) -> None:
+    """SIGKILL ``proc`` as soon as the change's delivery is in flight, and reap it."""
+
+    async def in_flight() -> bool:
+        rows = await fetch_all(
+            db_url,
+            "SELECT state FROM pcns_deliveries WHERE change_id = $1",
+            uuid.UUID(change_id),
+        )
+        return rows[0]["state"] == "in_flight"
+
+    await eventually(in_flight, interval=0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @needs_htpasswd
@@ -64,17 +81,7 @@ async def test_sigkilled_worker_loses_its_lease_to_another(tmp_path: Path, db_ur
                 status, body = await client.send("alice", "Survives-SIGKILL-1")
                 assert status == 202
 
-                async def in_flight() -> bool:
-                    rows = await fetch_all(
-                        db_url,
-                        "SELECT state FROM pcns_deliveries WHERE change_id = $1",
-                        uuid.UUID(body["id"]),
-                    )
-                    return rows[0]["state"] == "in_flight"
-
-                await eventually(in_flight, interval=0.02)
-                os.kill(worker_a.pid, signal.SIGKILL)
-                worker_a.wait()
+                await kill_once_in_flight(worker_a, db_url, body["id"])
             assert worker_a.returncode == -signal.SIGKILL
             log_b = root / "worker-b.log"
             with pcns_process(
@@ -108,17 +115,7 @@ async def test_a_restarted_process_takes_over_its_previous_incarnation_at_once(
             status, body = await client.send("alice", "Back-At-Once-1")
             assert status == 202
 
-            async def in_flight() -> bool:
-                rows = await fetch_all(
-                    db_url,
-                    "SELECT state FROM pcns_deliveries WHERE change_id = $1",
-                    uuid.UUID(body["id"]),
-                )
-                return rows[0]["state"] == "in_flight"
-
-            await eventually(in_flight, interval=0.02)
-            os.kill(first.pid, signal.SIGKILL)
-            first.wait()
+            await kill_once_in_flight(first, db_url, body["id"])
         log = root / "restarted.log"
         with pcns_process("serve", "--config", str(real_cfg), cwd=root, log=log) as again:
             wait_for_text(log, "service_started", again)
