@@ -15,7 +15,7 @@ from pcns.errors import DatabaseError, DatabaseUnavailable
 from pcns.health import TargetHealth
 from pcns.metrics import Metrics
 from pcns.queue.deliveries import DeliveryQueue
-from pcns.queue.records import DeliveryId, Outcome
+from pcns.queue.records import DeliveryId, Outcome, Recorded
 
 log = structlog.get_logger(__name__)
 
@@ -60,8 +60,8 @@ class Completer:
 
     async def _record_one_by_one(
         self, group: list[Outcome]
-    ) -> tuple[dict[DeliveryId, float], set[DeliveryId]]:
-        ages: dict[DeliveryId, float] = {}
+    ) -> tuple[dict[DeliveryId, Recorded], set[DeliveryId]]:
+        ages: dict[DeliveryId, Recorded] = {}
         unrecorded: set[DeliveryId] = set()
         for outcome in group:
             try:
@@ -119,11 +119,15 @@ class Completer:
                 d = outcome.delivery
                 if d.id in unrecorded:
                     continue
-                age = ages.get(d.id)
-                if age is None:
+                written = ages.get(d.id)
+                if written is None:
                     log.warning("delivery_lease_lost", delivery_id=str(d.id), target=d.target)
                     continue
-                self._count(outcome, age)
+                if written.again:
+                    # Counted when the second write is: the row is pending again.
+                    log.info("delivery_written_again_later", delivery_id=str(d.id), target=d.target)
+                    continue
+                self._count(outcome, written.age)
                 recorded.append(outcome)
             await self._postpone_targets(recorded)
 

@@ -14,6 +14,7 @@ claimed to wait; and the attempt's timeout runs only while the target works
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -254,6 +255,9 @@ class DeliveryWorker:
         finally:
             self._inflight.pop(delivery.id, None)
             self._slot_freed.set()
+        if failure is not None and failure.kind == "timeout":
+            # Its request may still be on the way: it could land for as long again.
+            outcome = dataclasses.replace(outcome, doubt=2 * self._settings.attempt_timeout)
         if outcome.reason in ("no_slot", "probe_failed"):
             # Deferred: no attempt was made. Counted here, one summary line per interval.
             self._deferred[delivery.target] += 1

@@ -27,6 +27,7 @@ from pcns.queue.records import (
     DeliveryView,
     NewChange,
     Outcome,
+    Recorded,
     TargetHold,
     TargetQueueStats,
 )
@@ -101,7 +102,7 @@ class DeliveryQueue:
                     token=token,
                 )
 
-    async def complete(self, outcomes: Sequence[Outcome]) -> dict[DeliveryId, float]:
+    async def complete(self, outcomes: Sequence[Outcome]) -> dict[DeliveryId, Recorded]:
         """Record outcomes; each still-leased row's accept-to-now age in seconds."""
         with translated():
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:

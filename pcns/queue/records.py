@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, NewType
+from typing import Literal, NamedTuple, NewType
 from uuid import UUID
 
 from vault import AssociatedData, Sealed
@@ -128,6 +128,17 @@ class Outcome:
     delay: float = 0.0
     reason: OutcomeReason = "delivered"
     postpone_target: float | None = None
+    # The attempt timed out with its request perhaps still on the way: for this many seconds it
+    # may yet reach the target (a newer change delivered meanwhile is written again after).
+    doubt: float = 0.0
+
+
+class Recorded(NamedTuple):
+    """An outcome as written: the delivery's accept-to-now age, and ``again``: delivered, but to
+    be written once more when an older change's timed-out attempt can no longer land."""
+
+    age: float
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)

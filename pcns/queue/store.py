@@ -29,6 +29,7 @@ from pcns.queue.records import (
     DeliveryStatus,
     NewChange,
     Outcome,
+    Recorded,
     TargetQueueStats,
 )
 from vault import Sealed
@@ -182,31 +183,49 @@ async def claim_due_deliveries(
     return claimed, ended
 
 
+# A delivered row whose confirm_after is still ahead (an older change's timed-out request may
+# land until then, migration 009) is not done: it goes back to pending, due at confirm_after,
+# to be written once more; ``again`` below. The attempt is not counted.
 _COMPLETE = """
 UPDATE pcns_deliveries d SET
-    state = x.state,
-    attempts = d.attempts - CASE WHEN x.deferred THEN 1 ELSE 0 END,
-    last_error = coalesce(x.error, CASE WHEN x.deferred THEN d.last_error END),
-    due_at = CASE WHEN x.state = 'pending' THEN now() + make_interval(secs => x.delay)
+    state = CASE WHEN x.state = 'delivered' AND d.confirm_after > now() THEN 'pending'
+            ELSE x.state END,
+    attempts = d.attempts - CASE WHEN x.deferred OR (x.state = 'delivered'
+                                 AND d.confirm_after > now()) THEN 1 ELSE 0 END,
+    last_error = CASE WHEN x.state = 'delivered' AND d.confirm_after > now()
+                 THEN 'delivered; written again once an older change''s timed-out attempt can'
+                      || ' no longer land'
+                 ELSE coalesce(x.error, CASE WHEN x.deferred THEN d.last_error END) END,
+    due_at = CASE WHEN x.state = 'delivered' AND d.confirm_after > now() THEN d.confirm_after
+             WHEN x.state = 'pending' THEN now() + make_interval(secs => x.delay)
              ELSE d.due_at END,
+    doubt_until = CASE WHEN x.doubt > 0
+                  THEN greatest(d.doubt_until, now() + make_interval(secs => x.doubt))
+                  ELSE d.doubt_until END,
+    confirm_after = CASE WHEN x.state = 'delivered' THEN NULL ELSE d.confirm_after END,
     lease_token = NULL,
     lease_until = NULL,
     worker_id = NULL,
     -- Kept while the delivery is open (pending again, or parked for an operator's retry).
-    nonce = CASE WHEN x.state IN ('pending', 'parked') THEN d.nonce END,
-    ciphertext = CASE WHEN x.state IN ('pending', 'parked') THEN d.ciphertext END,
-    finished_at = CASE WHEN x.state IN ('pending', 'parked') THEN NULL ELSE now() END,
+    nonce = CASE WHEN x.state IN ('pending', 'parked')
+                 OR (x.state = 'delivered' AND d.confirm_after > now()) THEN d.nonce END,
+    ciphertext = CASE WHEN x.state IN ('pending', 'parked')
+                      OR (x.state = 'delivered' AND d.confirm_after > now()) THEN d.ciphertext END,
+    finished_at = CASE WHEN x.state IN ('pending', 'parked')
+                       OR (x.state = 'delivered' AND d.confirm_after > now()) THEN NULL
+                  ELSE now() END,
     updated_at = now()
 FROM (
     SELECT id, token, CASE WHEN state = 'deferred' THEN 'pending' ELSE state END AS state,
-           state = 'deferred' AS deferred, error, delay
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[])
-         AS u(id, token, state, error, delay)
+           state = 'deferred' AS deferred, error, delay, doubt
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[], $6::float8[])
+         AS u(id, token, state, error, delay, doubt)
 ) AS x
 -- A lease token is set only while in flight (constraint lease_only_while_in_flight): matching it
 -- by primary key finds exactly the rows this worker still leases, with no scan of in-flight rows.
 WHERE d.id = x.id AND d.lease_token = x.token
-RETURNING d.id, extract(epoch FROM now() - d.created_at)::float8 AS age
+RETURNING d.id, extract(epoch FROM now() - d.created_at)::float8 AS age, d.state = 'pending'
+    AND x.state = 'delivered' AS again
 """
 
 
@@ -225,11 +244,12 @@ def storable_error(text: str | None) -> str | None:
 
 async def complete_deliveries(
     conn: asyncpg.Connection, outcomes: Sequence[Outcome]
-) -> dict[DeliveryId, float]:
+) -> dict[DeliveryId, Recorded]:
     """Record attempt outcomes; a terminal state deletes the ciphertext in the same statement.
 
-    Returns, for each row still leased by us, its accept-to-now age in seconds; an outcome whose
-    lease was lost (the reaper gave the row to another worker) is dropped.
+    Returns, for each row still leased by us, its accept-to-now age in seconds and whether a
+    delivered row must be written again (see ``_COMPLETE``); an outcome whose lease was lost
+    (the reaper gave the row to another worker) is dropped.
     """
     rows = await conn.fetch(
         _COMPLETE,
@@ -238,8 +258,9 @@ async def complete_deliveries(
         [o.state for o in outcomes],
         [storable_error(o.error) for o in outcomes],
         [o.delay for o in outcomes],
+        [o.doubt for o in outcomes],
     )
-    return {DeliveryId(r["id"]): r["age"] for r in rows}
+    return {DeliveryId(r["id"]): Recorded(r["age"], r["again"]) for r in rows}
 
 
 _POSTPONE_TARGET = """

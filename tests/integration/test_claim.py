@@ -318,3 +318,35 @@ async def test_a_backlog_a_claim_leaves_alone_costs_it_nothing(conn: asyncpg.Con
     read = await claim_index_reads(conn) - before
     assert [d.id for d in claimed] == [wanted]
     assert 1 <= read <= 16, f"the claim read {read} entries of the claim index"
+
+
+async def test_a_newer_password_is_written_again_after_an_older_attempt_in_doubt(
+    conn: asyncpg.Connection,
+) -> None:
+    """An attempt that timed out leaves its change in doubt for its window; the newer change
+    claimed meanwhile, once delivered, comes back due at the window's end (ciphertext kept, the
+    attempt not counted) and is delivered for good by the next claim."""
+    await queue(conn, "dave")
+    (first,), _ = await claim(conn)
+    await complete_deliveries(
+        conn, [Outcome(first, "pending", "attempt timed out", 0.0, reason="retried", doubt=0.6)]
+    )
+    newer = await queue(conn, "dave")
+    (second,), ended = await claim(conn)
+    assert second.id == newer
+    assert ended == {"t1": ["superseded"]}
+    written = await complete_deliveries(conn, [Outcome(second, "delivered")])
+    assert written[newer].again
+    row = await conn.fetchrow(
+        "SELECT state, attempts, ciphertext IS NOT NULL AS sealed,"
+        " due_at > now() AS later FROM pcns_deliveries WHERE id = $1",
+        newer,
+    )
+    assert dict(row) == {"state": "pending", "attempts": 0, "sealed": True, "later": True}
+    assert (await claim(conn))[0] == []  # not before the window ends
+    await asyncio.sleep(0.7)
+    (again,), _ = await claim(conn)
+    assert again.id == newer
+    written = await complete_deliveries(conn, [Outcome(again, "delivered")])
+    assert not written[newer].again
+    assert (await states(conn))[newer] == ("delivered", False)

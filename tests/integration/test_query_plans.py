@@ -511,6 +511,7 @@ async def test_completion_finds_rows_by_primary_key(
         await literal(conn, ["delivered"] * (n - 1) + ["deferred"], "text[]"),
         await literal(conn, [None] * (n - 1) + ["busy"], "text[]"),
         await literal(conn, [0.0] * (n - 1) + [30.0], "float8[]"),
+        await literal(conn, [0.0] * (n - 1) + [50.0], "float8[]"),
     ]
     plan = await explain(conn, store._COMPLETE, args, mode=mode)
     assert_only_index(plan, await deliveries_indexes(conn), {PKEY}, "completion")

@@ -11,6 +11,14 @@
 DROP INDEX pcns_deliveries_claim;
 CREATE INDEX pcns_deliveries_claim ON pcns_deliveries (target, due_at) WHERE state = 'pending';
 
+-- An attempt that timed out may still land: its request can be held on the way (a proxy, a
+-- load balancer) past the worker's timeout. doubt_until: until when this row's last timed-out
+-- request may still reach the target. A newer change of the same account claimed while an
+-- older one is in doubt is written, then written once more at confirm_after, when no older
+-- request can land any more: so the newest password is the one the target keeps.
+ALTER TABLE pcns_deliveries ADD COLUMN doubt_until timestamptz;
+ALTER TABLE pcns_deliveries ADD COLUMN confirm_after timestamptz;
+
 DROP FUNCTION pcns_claim_deliveries(integer, uuid, float8, float8, uuid, text[], text[], integer[]);
 CREATE FUNCTION pcns_claim_deliveries(
     p_limit integer, p_lease_token uuid, p_lease_seconds float8, p_max_age_seconds float8,
@@ -65,7 +73,7 @@ BEGIN
     WITH k AS (
         SELECT DISTINCT u.target, u.account FROM unnest(v_targets, v_accounts) AS u(target, account)
     ), r AS (
-        SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq,
+        SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq, d.doubt_until,
                d.due_at <= now() AS due,
                d.created_at < now() - make_interval(secs => p_max_age_seconds) AS too_old
         FROM pcns_deliveries d JOIN k ON d.target = k.target AND d.account = k.account
@@ -86,6 +94,9 @@ BEGIN
         FROM r GROUP BY r.target, r.account
     ), plan AS (
         SELECT r.id,
+               (SELECT max(o.doubt_until) FROM r AS o
+                WHERE o.target = r.target AND o.account = r.account AND o.id <> r.id
+                  AND o.doubt_until > now()) AS doubt,
                CASE
                    WHEN a.busy THEN NULL
                    WHEN a.done_at IS NOT NULL
@@ -106,6 +117,8 @@ BEGIN
         lease_until = CASE WHEN x.state = 'in_flight'
                       THEN now() + make_interval(secs => p_lease_seconds) END,
         worker_id = CASE WHEN x.state = 'in_flight' THEN p_worker END,
+        confirm_after = CASE WHEN x.state = 'in_flight' THEN greatest(d.confirm_after, x.doubt)
+                        ELSE d.confirm_after END,
         nonce = CASE WHEN x.state = 'in_flight' THEN d.nonce END,
         ciphertext = CASE WHEN x.state = 'in_flight' THEN d.ciphertext END,
         finished_at = CASE WHEN x.state = 'in_flight' THEN NULL ELSE now() END,
