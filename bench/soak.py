@@ -20,8 +20,9 @@ stops, the queue drains, the processes stop, and bench/harness/soak_history.py j
 - duplicates (at-least-once): deliveries attempted more than once, changes written twice.
 
 Prints a summary (``--json``: also as JSON) and exits 1 on anything lost or out of order, or
-if the kills did not all happen. The run's files and databases are kept when it fails (and
-with ``--keep``), for a post-mortem. See docs/benchmarks.md.
+if the kills did not all happen. The run's files and databases are kept when it fails, when a
+process logged an error or a traceback, and with ``--keep``, for a post-mortem. See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -329,7 +330,7 @@ def summarize(
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     """The whole run; its summary, with ``ok``. Files and databases are removed when it passed
-    (unless ``--keep``), kept for a post-mortem when it did not."""
+    with clean logs (unless ``--keep``), kept for a post-mortem otherwise."""
     began = time.monotonic()
     run = await prepare(args)
     print(f"soak: seed {run.seed}, files in {run.root}, delivery {run.delivery}", file=sys.stderr)
@@ -340,7 +341,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(run, args, driven, verdict, figures)
     summary["ok"] = verdict.ok and len(driven.kills) == args.kills
     summary["duration_s"] = round(time.monotonic() - began, 1)
-    if summary["ok"] and not args.keep:
+    # An error event or a traceback in a process's log does not fail the run (nothing was
+    # lost), but its logs are kept: they are the only account of it.
+    if summary["ok"] and not args.keep and not summary["log_errors"]:
         for t in run.targets:
             await t.close()
         await run.dbs.drop_all()
