@@ -184,7 +184,7 @@ async def claim_due_deliveries(
 
 
 # A delivered row whose confirm_after is still ahead (an older change's timed-out request may
-# land until then, migration 009) is not done: it goes back to pending, due at confirm_after,
+# land until then, migration 008) is not done: it goes back to pending, due at confirm_after,
 # to be written once more; ``again`` below. The attempt is not counted.
 _COMPLETE = """
 UPDATE pcns_deliveries d SET

@@ -25,14 +25,31 @@ ALTER TABLE pcns_deliveries ADD COLUMN worker_id uuid;
 ALTER TABLE pcns_deliveries ADD CONSTRAINT worker_only_while_in_flight
     CHECK (worker_id IS NULL OR state = 'in_flight');
 
--- The claim learns whose it is and how much to take. p_skip: targets this worker will not
--- claim for now (the hashing pool or the target's concurrency cap is full); p_quota_targets /
--- p_quota: at most that many rows of each of those targets in this claim. So a worker takes only
--- what it can start, instead of claims that would only wait.
+-- The claim index becomes per target (the walk below reads each target's due rows on its own).
+DROP INDEX pcns_deliveries_claim;
+CREATE INDEX pcns_deliveries_claim ON pcns_deliveries (target, due_at) WHERE state = 'pending';
+
+-- An attempt that timed out may still land: its request can be held on the way (a proxy, a
+-- load balancer) past the worker's timeout. doubt_until: until when this row's last timed-out
+-- request may still reach the target. A newer change of the same account claimed while an
+-- older one is in doubt is written, then written once more at confirm_after, when no older
+-- request can land any more: so the newest password is the one the target keeps.
+ALTER TABLE pcns_deliveries ADD COLUMN doubt_until timestamptz;
+ALTER TABLE pcns_deliveries ADD COLUMN confirm_after timestamptz;
+
+-- The claim learns whose it is (p_worker) and how much to take: p_targets, the targets this
+-- worker is configured for and can start now; p_quota_targets / p_quota: at most that many rows
+-- of each of those targets in this claim. So a worker takes only what it can start, instead of
+-- claims that would only wait. And it walks each target's due rows on its own, no further than
+-- one batch: the claim index is per target, (target, due_at), and the walk takes at most
+-- p_limit due rows of each target named, merged in due order, so a claim reads at most
+-- (targets x p_limit) index entries however deep a held or busy target's backlog is. A target
+-- no worker is configured for is claimed by none; its pending rows end expired at
+-- delivery.max_age by the reaper (pcns.queue.store.expire_parked).
 DROP FUNCTION pcns_claim_deliveries(integer, uuid, float8, float8);
 CREATE FUNCTION pcns_claim_deliveries(
     p_limit integer, p_lease_token uuid, p_lease_seconds float8, p_max_age_seconds float8,
-    p_worker uuid, p_skip text[], p_quota_targets text[], p_quota integer[]
+    p_worker uuid, p_targets text[], p_quota_targets text[], p_quota integer[]
 ) RETURNS TABLE (
     id uuid, change_id uuid, target text, account text, attempts integer, key_id text,
     nonce bytea, ciphertext bytea, state text, age float8
@@ -44,14 +61,20 @@ DECLARE
     v_row record;
     v_quota_at integer;
     v_taken integer[] := array_fill(0, ARRAY[cardinality(p_quota_targets)]);
-    -- Held targets' deliveries wait, and so do those of targets this worker skips; the list is
-    -- read once (a handful of rows at most).
-    v_held text[] := ARRAY(SELECT h.target FROM pcns_target_holds h) || p_skip;
+    -- Held targets' deliveries wait; the list is read once (a handful of rows at most).
+    v_held text[] := ARRAY(SELECT h.target FROM pcns_target_holds h);
 BEGIN
     FOR v_row IN
-        SELECT d.id, d.target, d.account FROM pcns_deliveries d
-        WHERE d.state = 'pending' AND d.due_at <= now() AND d.target <> ALL (v_held)
-        ORDER BY d.due_at
+        SELECT w.id, w.target, w.account
+        FROM unnest(p_targets) AS t(name)
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.target, d.account, d.due_at FROM pcns_deliveries d
+            WHERE d.state = 'pending' AND d.target = t.name AND d.due_at <= now()
+            ORDER BY d.due_at
+            LIMIT p_limit
+        ) AS w
+        WHERE t.name <> ALL (v_held)
+        ORDER BY w.due_at
     LOOP
         v_quota_at := array_position(p_quota_targets, v_row.target);
         CONTINUE WHEN v_quota_at IS NOT NULL AND v_taken[v_quota_at] >= p_quota[v_quota_at];
@@ -72,12 +95,12 @@ BEGIN
         RETURN;
     END IF;
     -- Step 2, on a fresh snapshot taken with the key locks held (migration 007 explains the
-    -- decision; only the lease's worker is new here).
+    -- decision; new here: the lease's worker, and confirm_after).
     RETURN QUERY
     WITH k AS (
         SELECT DISTINCT u.target, u.account FROM unnest(v_targets, v_accounts) AS u(target, account)
     ), r AS (
-        SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq,
+        SELECT d.id, d.target, d.account, d.state, d.order_at, d.seq, d.doubt_until,
                d.due_at <= now() AS due,
                d.created_at < now() - make_interval(secs => p_max_age_seconds) AS too_old
         FROM pcns_deliveries d JOIN k ON d.target = k.target AND d.account = k.account
@@ -98,6 +121,9 @@ BEGIN
         FROM r GROUP BY r.target, r.account
     ), plan AS (
         SELECT r.id,
+               (SELECT max(o.doubt_until) FROM r AS o
+                WHERE o.target = r.target AND o.account = r.account AND o.id <> r.id
+                  AND o.doubt_until > now()) AS doubt,
                CASE
                    WHEN a.busy THEN NULL
                    WHEN a.done_at IS NOT NULL
@@ -118,6 +144,8 @@ BEGIN
         lease_until = CASE WHEN x.state = 'in_flight'
                       THEN now() + make_interval(secs => p_lease_seconds) END,
         worker_id = CASE WHEN x.state = 'in_flight' THEN p_worker END,
+        confirm_after = CASE WHEN x.state = 'in_flight' THEN greatest(d.confirm_after, x.doubt)
+                        ELSE d.confirm_after END,
         nonce = CASE WHEN x.state = 'in_flight' THEN d.nonce END,
         ciphertext = CASE WHEN x.state = 'in_flight' THEN d.ciphertext END,
         finished_at = CASE WHEN x.state = 'in_flight' THEN NULL ELSE now() END,
